@@ -1,0 +1,106 @@
+"""Where the Hydra configs live, the project's OmegaConf resolvers, and start-up validation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DATA_DIR = Path(__file__).parent / "data" / "bundled"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def config_dir() -> Path:
+    """The ``conf/`` folder: packaged inside a wheel, or the repository's for an editable install."""
+    for candidate in (Path(__file__).parent / "conf", Path(__file__).resolve().parents[2] / "conf"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("prefalign's conf/ folder is neither packaged nor next to the sources")
+
+
+def bundled(name: str) -> str:
+    """Path of a data file shipped with the package (``${bundled:tiny_chat_train.jsonl}`` in configs)."""
+    path = BUNDLED_DATA_DIR / name
+    if not path.exists():
+        raise ConfigError(
+            f"no bundled data file {name!r}; available: {sorted(p.name for p in BUNDLED_DATA_DIR.iterdir())}"
+        )
+    return str(path)
+
+
+def register_resolvers() -> None:
+    """Register ``${bundled:...}`` (idempotent)."""
+    if not OmegaConf.has_resolver("bundled"):
+        OmegaConf.register_new_resolver("bundled", bundled)
+
+
+def _require(cfg: DictConfig, key: str) -> object:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        raise ConfigError(f"config key `{key}` is required")
+    return value
+
+
+def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"config key `{key}` must be a positive number, got {value!r}")
+
+
+def _check_source(cfg: DictConfig, key: str) -> None:
+    source = OmegaConf.select(cfg, key, default=None)
+    if source is None:
+        return
+    path = source if isinstance(source, str) else source.get("path")
+    if path is None:
+        raise ConfigError(f"config key `{key}.path` is required")
+    p = Path(str(path)).expanduser()
+    looks_local = p.suffix in (".json", ".jsonl", ".parquet") or p.is_absolute() or str(path).startswith(".")
+    if looks_local and not p.exists():
+        raise ConfigError(f"config key `{key}.path`: {p} does not exist")
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Check a ``train`` config before anything heavy happens; raises :class:`ConfigError`."""
+    for key in (
+        "objective._target_",
+        "data._target_",
+        "module._target_",
+        "optimizer._target_",
+        "trainer._target_",
+    ):
+        _require(cfg, key)
+    if not (OmegaConf.select(cfg, "model.name_or_path") or OmegaConf.select(cfg, "model.tiny")):
+        raise ConfigError("config keys `model.name_or_path` / `model.tiny`: set one of them")
+    _positive(cfg, "optimizer.lr")
+    _positive(cfg, "data.max_length")
+    _positive(cfg, "data.batch_size")
+    _positive(cfg, "data.eval_batch_size", allow_none=True)
+    _check_source(cfg, "data.train")
+    _check_source(cfg, "data.val")
+    warmup = OmegaConf.select(cfg, "scheduler.warmup_ratio", default=0.0)
+    if not isinstance(warmup, (int, float)) or not 0.0 <= warmup < 1.0:
+        raise ConfigError(f"config key `scheduler.warmup_ratio` must be in [0, 1), got {warmup!r}")
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None and not Path(str(ckpt)).exists():
+        raise ConfigError(f"config key `ckpt_path`: {ckpt} does not exist")
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto")
+    strategy_target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
+    if on_cpu and strategy_target.endswith("fsdp_strategy"):
+        raise ConfigError(
+            "config key `trainer.strategy`: Lightning's FSDP strategy needs GPUs; on CPU use trainer=fsdp2"
+        )
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+    if on_cpu and precision.startswith(("bf16", "16")):
+        log.warning("trainer.precision=%s on CPU is far slower than 32-true on most CPUs", precision)

@@ -1,0 +1,174 @@
+"""The LightningDataModule for chat SFT data (one sequence per sample)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import lightning as L
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
+from prefalign.data.chat import tokenize_dataset
+from prefalign.data.records import ColumnMap, DataError, DropReport, load_raw, normalise_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSource:
+    """One dataset: a local json/jsonl/parquet file, a ``save_to_disk`` folder, or a hub name.
+
+    Attributes:
+        path: file, folder or hub dataset name.
+        split: split for hub datasets and saved ``DatasetDict`` folders.
+        subset: hub configuration name.
+        revision: hub revision.
+        limit: keep only the first ``limit`` samples (after validation), or all when ``None``.
+    """
+
+    path: str
+    split: str = "train"
+    subset: str | None = None
+    revision: str | None = None
+    limit: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | str) -> DataSource:
+        return cls(path=cfg) if isinstance(cfg, str) else cls(**dict(cfg))
+
+
+def load_conversations(
+    source: DataSource, columns: ColumnMap, on_invalid: str = "raise", num_proc: int | None = None
+) -> tuple[datasets.Dataset, DropReport]:
+    """Load and normalise one source to ``id`` + ``messages`` (+ any extra columns)."""
+    raw = load_raw(source.path, split=source.split, subset=source.subset, revision=source.revision)
+    ds, report = normalise_records(raw, columns, source.path, on_invalid=on_invalid, num_proc=num_proc)
+    if source.limit is not None:
+        ds = ds.select(range(min(source.limit, len(ds))))
+    return ds, report
+
+
+class ChatDataModule(L.LightningDataModule):
+    """Loads, validates, tokenises and batches chat data for training and validation.
+
+    Args:
+        tokenizer: the trained model's tokenizer (its chat template defines the encoding).
+        train / val: :class:`DataSource` configs (``val`` optional).
+        columns: :class:`ColumnMap` config (where conversations live in the raw rows).
+        max_length: tokens kept per sample; samples left with no response token are dropped and counted.
+        batch_size / eval_batch_size: samples per batch on one device.
+        group_by_length: length-grouped batches (little padding); else random batches.
+        mega_batch_mult: mega-batch size in batches for length grouping.
+        pad_to_multiple_of: pad batch length to a multiple (8 helps tensor cores), or ``None``.
+        on_invalid: ``raise`` at the first bad record, or ``drop`` and count bad records.
+        num_workers: DataLoader workers.
+        num_proc: processes for tokenisation (``datasets.map``).
+        seed: shuffling seed (epoch ``e`` uses ``seed + e``).
+        required_columns: extra columns the objective reads; checked at setup.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        train: Mapping[str, Any] | str,
+        val: Mapping[str, Any] | str | None = None,
+        columns: Mapping[str, Any] | None = None,
+        max_length: int = 2048,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        group_by_length: bool = True,
+        mega_batch_mult: int = 50,
+        pad_to_multiple_of: int | None = None,
+        on_invalid: str = "raise",
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        seed: int = 0,
+        required_columns: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.sources = {"train": DataSource.from_config(train)}
+        if val is not None:
+            self.sources["val"] = DataSource.from_config(val)
+        self.columns = ColumnMap.from_config(columns)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.group_by_length = group_by_length
+        self.mega_batch_mult = mega_batch_mult
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.on_invalid = on_invalid
+        self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.seed = seed
+        self.required_columns = tuple(required_columns)
+        self.datasets: dict[str, datasets.Dataset] = {}
+        self.drop_reports: dict[str, DropReport] = {}
+
+    def build(self, split: str) -> tuple[datasets.Dataset, DropReport]:
+        """Load, validate and tokenise one split; return the dataset and what was dropped."""
+        source = self.sources[split]
+        ds, report = load_conversations(source, self.columns, self.on_invalid, self.num_proc)
+        missing = [c for c in self.required_columns if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"{source.path}: the objective needs column(s) {missing}; the data has {ds.column_names}"
+            )
+        ds, truncation_report = tokenize_dataset(
+            ds, self.tokenizer, self.max_length, source.path, self.num_proc
+        )
+        report.merge(truncation_report)
+        log.info(report.summary(f"{split} ({source.path})"))
+        return ds, report
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self.sources:
+            if split not in self.datasets:
+                self.datasets[split], self.drop_reports[split] = self.build(split)
+
+    def drop_counts(self) -> dict[str, int]:
+        """``data/<split>_dropped_<reason>`` counts (and kept sizes), for the loggers."""
+        counts = {}
+        for split, report in self.drop_reports.items():
+            counts[f"data/{split}_samples"] = len(self.datasets[split])
+            for reason, n in report.counts.items():
+                counts[f"data/{split}_dropped_{reason}"] = n
+        return counts
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets[split]
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        lengths = ds["length"] if self.group_by_length else [1] * len(ds)
+        sampler = LengthGroupedBatchSampler(
+            lengths,
+            batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            mega_batch_mult=self.mega_batch_mult if self.group_by_length else 1,
+        )
+        collate = functools.partial(
+            pad_collate, pad_token_id=self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
+        )
+        return DataLoader(
+            ds.with_format(None),
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", shuffle=False) if "val" in self.datasets else []

@@ -1,0 +1,325 @@
+"""Loading chat records from hub datasets, local files or ``save_to_disk`` folders.
+
+Every record becomes ``{"id": str, "messages": [{"role", "content"}, ...]}`` with roles
+``system``/``user``/``assistant``. Prompt/response pairs are converted to two-turn conversations.
+Every bad record produces a :class:`DataError` naming the source, the row and the sample id; with
+``on_invalid="drop"`` it is dropped instead and counted in a :class:`DropReport`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+log = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+_FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """A bad input file or record. The message names the source, the row and the sample id."""
+
+
+@dataclass
+class DropReport:
+    """Samples removed from a dataset, counted by reason, with a few example ids per reason."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    total: int = 0
+
+    def add(self, reason: str, sample_id: str) -> None:
+        self.counts[reason] += 1
+        ids = self.examples.setdefault(reason, [])
+        if len(ids) < 5:
+            ids.append(sample_id)
+
+    def merge(self, other: DropReport) -> DropReport:
+        for reason, count in other.counts.items():
+            self.counts[reason] += count
+            ids = self.examples.setdefault(reason, [])
+            ids.extend(other.examples.get(reason, [])[: max(0, 5 - len(ids))])
+        return self
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self, source: str) -> str:
+        if not self.dropped:
+            return f"{source}: kept all {self.total} samples"
+        parts = ", ".join(
+            f"{reason}: {n} (e.g. {self.examples[reason]})" for reason, n in sorted(self.counts.items())
+        )
+        return f"{source}: dropped {self.dropped} of {self.total} samples — {parts}"
+
+
+@dataclass
+class ColumnMap:
+    """Where the conversation lives in a raw record.
+
+    Attributes:
+        messages: column holding the list of turns (``conversations`` for ShareGPT).
+        role: key of a turn's role inside a turn (``from`` for ShareGPT).
+        content: key of a turn's text (``value`` for ShareGPT).
+        id: column holding a sample id; absent or empty ids become a content hash.
+        prompt / response: columns of a prompt/response pair; when both are set they are used
+            instead of ``messages``.
+        system: optional column with a system prompt for prompt/response pairs.
+        role_names: raw role name -> canonical role (``human``/``gpt`` for ShareGPT).
+    """
+
+    messages: str = "messages"
+    role: str = "role"
+    content: str = "content"
+    id: str | None = "id"
+    prompt: str | None = None
+    response: str | None = None
+    system: str | None = None
+    role_names: dict[str, str] = field(
+        default_factory=lambda: {
+            "system": "system",
+            "user": "user",
+            "human": "user",
+            "assistant": "assistant",
+            "gpt": "assistant",
+            "model": "assistant",
+        }
+    )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> ColumnMap:
+        cfg = dict(cfg or {})
+        role_names = cfg.pop("role_names", None)
+        unknown = set(cfg) - {f for f in cls.__dataclass_fields__ if f != "role_names"}
+        if unknown:
+            raise ValueError(f"data.columns: unknown keys {sorted(unknown)}")
+        columns = cls(**cfg)
+        if role_names:
+            columns.role_names = {**columns.role_names, **dict(role_names)}
+        return columns
+
+
+def content_id(messages: list[dict[str, str]]) -> str:
+    """A stable id for a conversation: the first 16 hex digits of the SHA-256 of its canonical JSON."""
+    canonical = json.dumps(
+        [[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _locate_bad_json_line(path: Path) -> str:
+    """For a JSON-lines file, the first line that does not parse (for the error message)."""
+    if path.suffix != ".jsonl":
+        return ""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as err:
+                return f" (line {line_no}, row {line_no - 1}: {err.msg} at column {err.colno})"
+    return ""
+
+
+def load_raw(
+    source: str, split: str = "train", subset: str | None = None, revision: str | None = None
+) -> datasets.Dataset:
+    """Load a raw dataset from a local json/jsonl/parquet file, a ``save_to_disk`` folder or the hub.
+
+    Args:
+        source: a file path, a folder written by ``Dataset.save_to_disk``, or a hub dataset name.
+        split: split to take from a hub dataset or a saved ``DatasetDict``.
+        subset: hub dataset configuration name.
+        revision: hub dataset revision (commit, tag or branch).
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as err:  # noqa: BLE001 - re-raised with the folder named
+            raise DataError(f"{path}: not a folder written by save_to_disk: {err}") from err
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DataError(f"{path}: split {split!r} not found; available: {sorted(loaded)}")
+            loaded = loaded[split]
+        return loaded
+    if path.suffix in _FILE_FORMATS:
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        try:
+            return datasets.load_dataset(_FILE_FORMATS[path.suffix], data_files=str(path), split="train")
+        except Exception as err:  # noqa: BLE001 - malformed file: name it, and the bad line when we can
+            raise DataError(
+                f"{path}: malformed {path.suffix[1:]} file{_locate_bad_json_line(path)}: {err}"
+            ) from err
+    if path.suffix or path.is_absolute() or source.startswith("."):
+        raise DataError(
+            f"{source}: not an existing file or folder, and not a supported format {sorted(_FILE_FORMATS)}"
+        )
+    return datasets.load_dataset(source, subset, split=split, revision=revision)
+
+
+def _normalise_row(
+    row: Mapping[str, Any], columns: ColumnMap
+) -> tuple[str | None, list[dict[str, str]], str]:
+    """Turn one raw row into (explicit id or None, messages, problem).
+
+    ``problem`` is "" for a valid row, else ``"<reason code>|<human-readable detail>"``.
+    """
+    raw_id = row.get(columns.id) if columns.id else None
+    explicit_id = None if raw_id is None or str(raw_id).strip() == "" else str(raw_id)
+    if columns.prompt and columns.response:
+        messages = []
+        if columns.system and row.get(columns.system):
+            messages.append({"role": "system", "content": str(row[columns.system])})
+        messages.append(
+            {"role": "user", "content": "" if row.get(columns.prompt) is None else str(row[columns.prompt])}
+        )
+        messages.append(
+            {
+                "role": "assistant",
+                "content": "" if row.get(columns.response) is None else str(row[columns.response]),
+            }
+        )
+    else:
+        turns = row.get(columns.messages)
+        if not isinstance(turns, list) or not turns:
+            return (
+                explicit_id,
+                [],
+                f"malformed_messages|column {columns.messages!r} is not a non-empty list of turns",
+            )
+        messages = []
+        for position, turn in enumerate(turns):
+            if not isinstance(turn, Mapping) or columns.role not in turn or columns.content not in turn:
+                return (
+                    explicit_id,
+                    [],
+                    f"malformed_turn|turn {position} lacks {columns.role!r}/{columns.content!r}: {turn!r:.120}",
+                )
+            role = columns.role_names.get(str(turn[columns.role]))
+            if role is None:
+                return (
+                    explicit_id,
+                    [],
+                    (
+                        f"unknown_role|turn {position} has unknown role {turn[columns.role]!r}; known roles: {sorted(columns.role_names)}"
+                    ),
+                )
+            content = turn[columns.content]
+            messages.append({"role": role, "content": "" if content is None else str(content)})
+    return explicit_id, messages, _check_messages(messages)
+
+
+def _check_messages(messages: list[dict[str, str]]) -> str:
+    """The first problem with a normalised conversation (``"code|detail"``), or "" when it is trainable."""
+    assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not assistant_turns:
+        return "no_assistant_turn|conversation has no assistant turn"
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+    if first_user is None or first_user > assistant_turns[0]:
+        return "assistant_before_user|the first assistant turn comes before any user turn"
+    for i in assistant_turns:
+        if not messages[i]["content"].strip():
+            return f"empty_response|assistant turn {i} has an empty response"
+    return ""
+
+
+def normalise_records(
+    raw: datasets.Dataset,
+    columns: ColumnMap,
+    source: str,
+    on_invalid: str = "raise",
+    num_proc: int | None = None,
+) -> tuple[datasets.Dataset, DropReport]:
+    """Normalise raw rows to ``id`` + ``messages``; validate every row and every id.
+
+    Args:
+        raw: the dataset as loaded.
+        columns: where the conversation lives in a row.
+        source: name of the file or dataset, used in error messages.
+        on_invalid: ``raise`` (default) stops at the first bad row; ``drop`` removes bad rows and
+            duplicate ids (keeping the first) and counts them in the returned report.
+        num_proc: processes for ``datasets.map``.
+
+    Returns:
+        The normalised dataset (extra scalar columns such as labels or scores are kept) and the
+        report of what was dropped.
+    """
+    if on_invalid not in ("raise", "drop"):
+        raise ValueError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
+    needed = [columns.prompt, columns.response] if columns.prompt and columns.response else [columns.messages]
+    missing = [c for c in needed if c not in raw.column_names]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; the file has columns {raw.column_names}")
+
+    def normalise(row: dict, index: int) -> dict:
+        explicit_id, messages, problem = _normalise_row(row, columns)
+        sample_id = explicit_id or (content_id(messages) if messages else f"row-{index}")
+        return {"id": sample_id, "messages": messages, "_problem": problem, "_row": index}
+
+    consumed = [
+        c for c in (columns.messages, columns.prompt, columns.response, columns.system, columns.id) if c
+    ]
+    remove = [c for c in raw.column_names if c in consumed or c in ("messages", "id")]
+    features = raw.features.copy()
+    for name in remove:
+        del features[name]
+    features["id"] = datasets.Value("string")
+    features["messages"] = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
+    features["_problem"] = datasets.Value("string")
+    features["_row"] = datasets.Value("int64")
+    ds = raw.map(
+        normalise,
+        with_indices=True,
+        remove_columns=remove,
+        features=features,
+        num_proc=num_proc,
+        desc="normalising records",
+    )
+    report = DropReport(total=len(ds))
+    problems = ds["_problem"]
+    bad_rows = [i for i, p in enumerate(problems) if p]
+    ids = ds["id"]
+    first_row_of: dict[str, int] = {}
+    duplicate_rows = []
+    for i, sample_id in enumerate(ids):
+        if problems[i]:
+            continue
+        if sample_id in first_row_of:
+            duplicate_rows.append(i)
+        else:
+            first_row_of[sample_id] = i
+    if on_invalid == "raise":
+        if bad_rows:
+            i = bad_rows[0]
+            more = f" ({len(bad_rows) - 1} more invalid rows)" if len(bad_rows) > 1 else ""
+            raise DataError(f"{source}: row {i} (id={ids[i]}): {problems[i].split('|', 1)[1]}{more}")
+        if duplicate_rows:
+            i = duplicate_rows[0]
+            raise DataError(
+                f"{source}: row {i} (id={ids[i]}): duplicate sample id, first seen at row {first_row_of[ids[i]]}"
+                f" ({len(duplicate_rows)} duplicates in all); ids must be unique because scores are joined by id"
+            )
+    drop = set(bad_rows) | set(duplicate_rows)
+    for i in bad_rows:
+        report.add(problems[i].split("|", 1)[0], ids[i])
+    for i in duplicate_rows:
+        report.add("duplicate_id", ids[i])
+    if drop:
+        ds = ds.select([i for i in range(len(ds)) if i not in drop])
+    ds = ds.remove_columns(["_problem", "_row"])
+    if report.dropped:
+        log.warning(report.summary(source))
+    return ds, report

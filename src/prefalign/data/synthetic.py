@@ -1,0 +1,94 @@
+"""Seeded generator of small chat conversations whose answers are checkable.
+
+Used for the bundled quick-start data and the offline tokenizer's corpus. Each record is a
+conversation in the project's record format (``id`` + ``messages``), single- or multi-turn,
+sometimes with a system turn.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+_WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "tiger",
+    "lemon",
+    "garden",
+    "rocket",
+    "silver",
+    "candle",
+    "mirror",
+    "forest",
+    "planet",
+    "window",
+    "violin",
+    "pepper",
+    "harbor",
+    "meadow",
+    "copper",
+    "falcon",
+]
+
+_SYSTEMS = (
+    "You are a helpful assistant.",
+    "You are a concise assistant. Answer with the result only.",
+    "You answer small string and arithmetic questions exactly.",
+)
+
+
+def _task(rng: random.Random) -> tuple[str, str]:
+    kind = rng.randrange(5)
+    if kind == 0:
+        a, b = rng.randrange(100), rng.randrange(100)
+        return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+    if kind == 1:
+        word = rng.choice(_WORDS)
+        return f"Reverse the word '{word}'.", f"The reverse of '{word}' is '{word[::-1]}'."
+    if kind == 2:
+        word = rng.choice(_WORDS)
+        return f"Write '{word}' in capital letters.", f"In capital letters: {word.upper()}."
+    if kind == 3:
+        words = rng.sample(_WORDS, 3)
+        return f"Sort these words alphabetically: {', '.join(words)}.", f"Sorted: {', '.join(sorted(words))}."
+    word = rng.choice(_WORDS)
+    letter = rng.choice(sorted(set(word)))
+    return (
+        f"How many times does the letter '{letter}' appear in '{word}'?",
+        f"The letter '{letter}' appears {word.count(letter)} time{'s' if word.count(letter) != 1 else ''} in '{word}'.",
+    )
+
+
+def generate_conversations(n: int, seed: int = 0) -> Iterator[dict]:
+    """Yield ``n`` conversations, deterministically for a given ``seed``."""
+    rng = random.Random(seed)
+    for index in range(n):
+        messages = []
+        if rng.random() < 0.25:
+            messages.append({"role": "system", "content": rng.choice(_SYSTEMS)})
+        for _ in range(1 if rng.random() < 0.7 else 2):
+            question, answer = _task(rng)
+            messages.append({"role": "user", "content": question})
+            messages.append({"role": "assistant", "content": answer})
+        yield {"id": f"syn-{seed}-{index}", "messages": messages}
+
+
+def write_jsonl(path: str | Path, n: int, seed: int) -> Path:
+    """Write ``n`` generated conversations to ``path`` as JSON lines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for record in generate_conversations(n, seed):
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+if __name__ == "__main__":  # regenerate the bundled files
+    here = Path(__file__).parent / "bundled"
+    write_jsonl(here / "tiny_chat_train.jsonl", 512, seed=0)
+    write_jsonl(here / "tiny_chat_val.jsonl", 64, seed=1)

@@ -1,0 +1,235 @@
+"""Loading causal LMs and their tokenizers: hub names, local folders, GGUF files, tiny models.
+
+``load_model_and_tokenizer(cfg)`` is the one entry point the apps use; ``cfg`` is the ``model``
+config group (see ``conf/model/*.yaml`` for every key). A ``tiny`` model is a small randomly
+initialised Llama plus the project's offline tokenizer, written once to a folder under
+``cache_dir`` and then loaded like any other local model, so it follows the same code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from prefalign.models.chat_templates import TEMPLATES
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """A tiny random Llama for tests and the quick start.
+
+    Attributes:
+        template: chat template name (``zephyr``, ``llama3``, ``chatml``, ``mistral``).
+        bpe_merges: BPE merges of the offline tokenizer (0: byte tokenizer).
+        hidden_size / intermediate_size / num_layers / num_heads / num_kv_heads: architecture.
+        max_position_embeddings: longest sequence.
+        seed: initialisation seed (same spec, same weights).
+    """
+
+    template: str = "chatml"
+    bpe_merges: int = 0
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 2048
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_tiny_model(spec: TinySpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Build (in memory) the tiny model and tokenizer described by ``spec``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prefalign.models.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(
+        spec.template, bpe_merges=spec.bpe_merges, model_max_length=spec.max_position_embeddings
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def materialize_tiny_model(spec: TinySpec, cache_dir: str | os.PathLike) -> Path:
+    """Write the tiny model for ``spec`` to ``cache_dir/tiny-<hash>`` once (atomically) and return the folder."""
+    target = Path(cache_dir).expanduser() / f"tiny-{spec.key()}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = build_tiny_model(spec)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race: its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(cfg: Mapping[str, Any]) -> str:
+    """The hub name or local folder of the model described by a ``model`` config."""
+    if cfg.get("tiny"):
+        return str(
+            materialize_tiny_model(
+                TinySpec(**dict(cfg["tiny"])), cfg.get("cache_dir") or "~/.cache/prefalign"
+            )
+        )
+    if not cfg.get("name_or_path"):
+        raise ValueError("model: set either model.name_or_path or model.tiny")
+    return str(cfg["name_or_path"])
+
+
+def load_tokenizer(
+    name_or_path: str,
+    revision: str | None = None,
+    chat_template: str | None = None,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+) -> PreTrainedTokenizerBase:
+    """Load a tokenizer, apply a chat-template override, and make sure it can pad.
+
+    Args:
+        chat_template: a template name from :mod:`prefalign.models.chat_templates` or Jinja text;
+            replaces the tokenizer's own template (and its BOS/EOS when given by name).
+        gguf_file: file name inside ``name_or_path`` when loading from GGUF.
+
+    Padding uses the tokenizer's pad token, else its EOS. That is safe here: padding is excluded
+    by the attention mask and the labels, so the real end-of-turn token is still trained.
+    """
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if chat_template:
+        if chat_template in TEMPLATES:
+            template = TEMPLATES[chat_template]
+            tokenizer.chat_template = template.jinja
+            tokenizer.eos_token = template.eos_token
+            tokenizer.bos_token = template.bos_token
+        else:
+            tokenizer.chat_template = chat_template
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"tokenizer of {name_or_path!r} has no chat template; set model.chat_template to one of "
+            f"{sorted(TEMPLATES)} or to Jinja text"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    name_or_path: str,
+    revision: str | None = None,
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+    lora: Mapping[str, Any] | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM.
+
+    Args:
+        dtype: ``float32`` | ``bfloat16`` | ``float16`` (weights' dtype; mixed precision is the
+            trainer's business).
+        attn_implementation: ``sdpa`` (default), ``eager``, or ``flash_attention_2`` (gpu extra).
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
+        gguf_file: load (dequantised) weights from this GGUF file inside ``name_or_path``.
+        lora: peft ``LoraConfig`` arguments (``r``, ``lora_alpha``, ``lora_dropout``,
+            ``target_modules``...); ``None`` trains all weights.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"model.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}"
+        )
+    if attn_implementation == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise ValueError(
+                "model.attn_implementation=flash_attention_2 needs flash-attn on a CUDA machine: pip install 'prefalign[gpu]'"
+            )
+    kwargs: dict[str, Any] = {
+        "revision": revision,
+        "dtype": DTYPES[dtype],
+        "attn_implementation": attn_implementation,
+        "trust_remote_code": trust_remote_code,
+    }
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **dict(lora)))
+    return model
+
+
+def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the model and tokenizer described by a ``model`` config group."""
+    path = resolve_model_path(cfg)
+    tokenizer = load_tokenizer(
+        path,
+        revision=cfg.get("revision"),
+        chat_template=cfg.get("chat_template"),
+        trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        gguf_file=cfg.get("gguf_file"),
+    )
+    model = load_causal_lm(
+        path,
+        revision=cfg.get("revision"),
+        dtype=cfg.get("dtype", "float32"),
+        attn_implementation=cfg.get("attn_implementation", "sdpa"),
+        gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+        trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        gguf_file=cfg.get("gguf_file"),
+        lora=cfg.get("lora"),
+    )
+    return model, tokenizer

@@ -1,0 +1,127 @@
+"""``prefalign-train``: fine-tune a causal LM with any one-sequence objective (CE, PoFT, ...).
+
+Examples::
+
+    prefalign-train                                    # CE on the bundled tiny chat data, CPU
+    prefalign-train objective=ce objective.reduction=sample_mean trainer.max_epochs=3
+    prefalign-train -m optimizer.lr=1e-4,3e-4          # a multirun sweep
+    prefalign-train ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt   # resume
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from prefalign.config import config_dir, register_resolvers, validate_train_config
+from prefalign.models.loading import load_model_and_tokenizer
+from prefalign.training.callbacks import wandb_run_id_from_checkpoint
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+
+def choose_wandb_mode() -> str:
+    """Use W&B offline unless a mode is set or an API key is available (W&B fails fast without one)."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    netrc = Path("~/.netrc").expanduser()
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (
+        netrc.exists() and "api.wandb.ai" in netrc.read_text()
+    )
+    if not has_key:
+        os.environ["WANDB_MODE"] = "offline"
+        log.info("no W&B API key found: logging to W&B offline (sync later with `wandb sync`)")
+    return os.environ.get("WANDB_MODE", "online")
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """Instantiate the loggers; a W&B logger resumes the run stored in ``ckpt_path``."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None:
+            continue
+        overrides: dict[str, Any] = {}
+        if logger_cfg._target_.endswith("WandbLogger"):
+            choose_wandb_mode()
+            run_id = wandb_run_id_from_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+            if run_id:
+                overrides = {"id": run_id, "resume": "allow"}
+                log.info("resuming W&B run %s", run_id)
+        loggers.append(instantiate(logger_cfg, **overrides))
+        log.debug("logger %s ready", name)
+    return loggers
+
+
+def build_strategy(trainer_cfg: DictConfig, model: Any) -> Any:
+    """The trainer's strategy; a ``_partial_`` strategy config is completed with the model."""
+    strategy = trainer_cfg.get("strategy", "auto")
+    if isinstance(strategy, DictConfig):
+        strategy = instantiate(strategy)
+        if isinstance(strategy, functools.partial):
+            strategy = strategy(model=model)
+    return strategy
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build everything from the config, fit, and return the final callback metrics."""
+    validate_train_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    objective = instantiate(cfg.objective)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, required_columns=list(objective.batch_columns))
+    module = instantiate(
+        cfg.module,
+        model=model,
+        objective=objective,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+    )
+    loggers = build_loggers(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    trainer = instantiate(
+        cfg.trainer, strategy=build_strategy(cfg.trainer, model), logger=loggers, callbacks=callbacks
+    )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> dict[str, float]:
+    """Run ``task`` and always close the W&B run, so one failed job does not poison a multirun."""
+    failed = True
+    try:
+        metrics = task(cfg)
+        failed = False
+        return metrics
+    finally:
+        try:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=1 if failed else 0)
+        except Exception:  # noqa: BLE001 - closing W&B must never mask the task's own error
+            log.exception("could not finish the W&B run")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` for hyper-parameter sweepers."""
+    metrics = run_task(train, cfg)
+    metric_name = cfg.get("optimized_metric")
+    return metrics.get(metric_name) if metric_name else None
+
+
+if __name__ == "__main__":
+    main()
