@@ -203,7 +203,10 @@ def load_causal_lm(
         kwargs["gguf_file"] = gguf_file
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora:
         from peft import LoraConfig, get_peft_model

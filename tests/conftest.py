@@ -1,0 +1,61 @@
+"""Shared fixtures: offline tokenizers with real chat templates, tiny models, isolated caches."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from prefalign.models.chat_templates import TEMPLATES
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> str:
+    """A cache folder shared by the whole session (built tiny models are reused)."""
+    path = tmp_path_factory.mktemp("prefalign-cache")
+    os.environ["PREFALIGN_CACHE"] = str(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session", params=sorted(TEMPLATES))
+def template_name(request) -> str:
+    """Each public chat template in turn (chatml, llama3, mistral, zephyr)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def make_tokenizer():
+    """Build (and memoise) the offline tokenizer for a template name."""
+    from prefalign.models.tokenizer import build_tokenizer
+
+    built = {}
+
+    def make(template: str = "chatml", bpe_merges: int = 0):
+        key = (template, bpe_merges)
+        if key not in built:
+            built[key] = build_tokenizer(template, bpe_merges=bpe_merges)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_tokenizer():
+    """A tiny random Llama with the ChatML offline tokenizer (in memory)."""
+    from prefalign.models.loading import TinySpec, build_tiny_model
+
+    return build_tiny_model(TinySpec())
+
+
+@pytest.fixture(autouse=True)
+def _clean_process_group():
+    """Never leak an initialised torch.distributed process group into the next test."""
+    yield
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

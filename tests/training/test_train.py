@@ -1,0 +1,125 @@
+"""End-to-end training: checkpoints every epoch, exact resume, loggers, multirun, config errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from prefalign.config import ConfigError
+from prefalign.train import run_task, train
+from prefalign.training.callbacks import WANDB_RUN_ID_KEY
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _column(rows, key):
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def test_ce_run_writes_epoch_checkpoints_csv_and_offline_wandb(compose_train, tmp_path):
+    cfg = compose_train(["trainer.max_epochs=2"])
+    metrics = run_task(train, cfg)
+    out = Path(cfg.paths.output_dir)
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt"]
+    rows = _read_csv(out / "csv" / "metrics.csv")
+    losses = _column(rows, "train/loss")
+    assert len(losses) == 2 * 48 // 8
+    assert losses[-1] < losses[0]  # it learns
+    assert len(_column(rows, "val/loss")) == 2  # one validation per epoch
+    assert "train/lr" in rows[0] or any(r.get("train/lr") for r in rows)
+    assert "val/loss" in metrics
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert runs[0].name.endswith(ckpt[WANDB_RUN_ID_KEY])
+    assert ckpt["global_step"] == 12
+
+
+def test_resume_is_exact_and_continues_the_wandb_run(compose_train, tmp_path):
+    """A run stopped after epoch 1 and resumed equals the run that never stopped.
+
+    The checkpoint written at the end of epoch 1 (``epoch_000.ckpt``, which is what ``last.ckpt``
+    holds at that moment) is where an interrupted run resumes.
+    """
+    straight = compose_train(["trainer.max_epochs=2"], output="straight")
+    run_task(train, straight)
+    checkpoints = Path(straight.paths.output_dir) / "checkpoints"
+    resumed = compose_train(["trainer.max_epochs=2", f"ckpt_path={checkpoints / 'epoch_000.ckpt'}"], output="resumed")
+    run_task(train, resumed)
+
+    def load(path):
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    one, a = load(checkpoints / "epoch_000.ckpt"), load(checkpoints / "last.ckpt")
+    b = load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert one["global_step"] == 6
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["epoch"] == b["epoch"]
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert b[WANDB_RUN_ID_KEY] == one[WANDB_RUN_ID_KEY]
+    rows = _read_csv(Path(resumed.paths.output_dir) / "csv" / "metrics.csv")
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert min(steps) >= 6  # the resumed run logs from step 6 on, not from 0
+
+
+def test_sample_mean_objective_trains(compose_train):
+    cfg = compose_train(["objective.reduction=sample_mean", "trainer.max_steps=3", "logger=csv"])
+    metrics = run_task(train, cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-1", "optimizer.lr"),
+        ("data.max_length=0", "data.max_length"),
+        ("scheduler.warmup_ratio=1.5", "scheduler.warmup_ratio"),
+        ("data.train.path=/nonexistent/train.jsonl", "data.train.path"),
+        ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path"),
+        ("trainer=fsdp", "fsdp2"),
+    ],
+)
+def test_bad_config_values_fail_at_start_up_naming_the_key(compose_train, override, message):
+    cfg = compose_train([override])
+    if override == "trainer=fsdp":
+        with open_dict(cfg):
+            cfg.trainer.accelerator = "cpu"
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+
+
+def _cli(args, cwd, timeout=300):
+    env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd)}
+    return subprocess.run(
+        [sys.executable, "-m", "prefalign.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_multirun_over_two_learning_rates_produces_two_runs(tmp_path, session_cache):
+    result = _cli(
+        ["-m", "optimizer.lr=1e-3,3e-3", "trainer.max_steps=2", *FAST_CLI, f"paths.cache_dir={session_cache}"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/[0-9]"))
+    assert [r.name for r in runs] == ["0", "1"]
+    lrs = set()
+    for run in runs:
+        assert (run / "checkpoints" / "last.ckpt").exists()
+        assert (run / "csv" / "metrics.csv").exists()
+        lrs.add(OmegaConf.load(run / ".hydra" / "config.yaml").optimizer.lr)
+    assert lrs == {1e-3, 3e-3}
+
+
+FAST_CLI = ["data.train.limit=48", "data.val.limit=16", "data.batch_size=8", "callbacks.progress_bar=null"]
