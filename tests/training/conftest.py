@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import open_dict
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
 from prefalign.config import config_dir, register_resolvers
 
