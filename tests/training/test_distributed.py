@@ -29,7 +29,9 @@ def test_two_process_ddp_spawn_shards_batches_and_returns_metrics(compose_train)
     metrics = run_task(train, cfg)  # comes back from rank 0 through the spawn launcher
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
-    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(
+        Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     # 48 samples, batches of 8 per rank, 2 ranks: 3 optimiser steps (one process would take 6)
     assert ckpt["global_step"] == 3
 
@@ -37,7 +39,12 @@ def test_two_process_ddp_spawn_shards_batches_and_returns_metrics(compose_train)
 def _cli(args, cwd, timeout=400):
     env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "prefalign.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "prefalign.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -58,9 +65,13 @@ def test_two_process_fsdp2_trains_saves_sharded_checkpoints_and_resumes(tmp_path
     assert checkpoint.is_dir()  # a distributed (sharded) checkpoint
     assert (checkpoint / "meta.pt").exists()
     assert len(list(checkpoint.glob("*.distcp"))) == 2  # one shard per rank
-    resumed = _cli([*common, "trainer.max_epochs=2", f"ckpt_path={checkpoint}", "hydra.run.dir=run2"], tmp_path)
+    resumed = _cli(
+        [*common, "trainer.max_epochs=2", f"ckpt_path={checkpoint}", "hydra.run.dir=run2"], tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    meta = torch.load(tmp_path / "run2" / "checkpoints" / "last.ckpt" / "meta.pt", map_location="cpu", weights_only=False)
+    meta = torch.load(
+        tmp_path / "run2" / "checkpoints" / "last.ckpt" / "meta.pt", map_location="cpu", weights_only=False
+    )
     assert meta["global_step"] == 4  # 32 samples / (8 x 2 ranks) = 2 steps an epoch, 2 epochs
     first_meta = torch.load(checkpoint / "meta.pt", map_location="cpu", weights_only=False)
     assert meta["wandb_run_id"] == first_meta["wandb_run_id"]

@@ -55,7 +55,9 @@ def test_resume_is_exact_and_continues_the_wandb_run(compose_train, tmp_path):
     straight = compose_train(["trainer.max_epochs=2"], output="straight")
     run_task(train, straight)
     checkpoints = Path(straight.paths.output_dir) / "checkpoints"
-    resumed = compose_train(["trainer.max_epochs=2", f"ckpt_path={checkpoints / 'epoch_000.ckpt'}"], output="resumed")
+    resumed = compose_train(
+        ["trainer.max_epochs=2", f"ckpt_path={checkpoints / 'epoch_000.ckpt'}"], output="resumed"
+    )
     run_task(train, resumed)
 
     def load(path):
@@ -103,13 +105,25 @@ def test_bad_config_values_fail_at_start_up_naming_the_key(compose_train, overri
 def _cli(args, cwd, timeout=300):
     env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd)}
     return subprocess.run(
-        [sys.executable, "-m", "prefalign.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "prefalign.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def test_multirun_over_two_learning_rates_produces_two_runs(tmp_path, session_cache):
     result = _cli(
-        ["-m", "optimizer.lr=1e-3,3e-3", "trainer.max_steps=2", *FAST_CLI, f"paths.cache_dir={session_cache}"], tmp_path
+        [
+            "-m",
+            "optimizer.lr=1e-3,3e-3",
+            "trainer.max_steps=2",
+            *FAST_CLI,
+            f"paths.cache_dir={session_cache}",
+        ],
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/[0-9]"))

@@ -39,6 +39,11 @@ class SingleSequenceModule(L.LightningModule):
         logprob_chunk_rows: int | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(objective, SingleSequenceObjective):
+            raise TypeError(
+                f"{type(objective).__name__} is not a one-sequence-per-sample objective; "
+                "set `module._target_` to the LightningModule for its batch shape"
+            )
         self.model = model.train()  # from_pretrained returns eval mode
         self.objective = objective
         self.optimizer_factory = optimizer
