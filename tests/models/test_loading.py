@@ -41,7 +41,9 @@ def test_tiny_config_loads_model_and_tokenizer_with_its_template(tmp_path):
     assert tokenizer.eos_token == "</s>" and tokenizer.pad_token is not None
     assert model.config.vocab_size == len(tokenizer)
     assert model.dtype == torch.float32
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|user|>\nhi</s>\n<|assistant|>\n"
 
 
