@@ -156,7 +156,10 @@ def tokenize_dataset(
         raise ValueError(f"max_length must be positive, got {max_length}")
 
     def encode(row: dict) -> dict:
-        enc = encode_conversation(tokenizer, row["messages"], max_length, row["id"])
+        try:
+            enc = encode_conversation(tokenizer, row["messages"], max_length, row["id"])
+        except TemplateError as err:
+            raise TemplateError(f"{source}: {err}") from err
         return {
             "input_ids": enc.input_ids,
             "labels": enc.labels,
