@@ -78,7 +78,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     objective = instantiate(cfg.objective)
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer, required_columns=list(objective.batch_columns))
+    aligned = OmegaConf.to_container(cfg.aligned, resolve=True) if cfg.get("aligned") else None
+    datamodule = instantiate(
+        cfg.data, tokenizer=tokenizer, required_columns=list(objective.batch_columns), aligned=aligned
+    )
     module = instantiate(
         cfg.module,
         model=model,

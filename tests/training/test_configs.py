@@ -11,7 +11,7 @@ from prefalign.config import config_dir, register_resolvers
 from prefalign.train import choose_wandb_mode, run_task, train
 
 CONF = config_dir()
-GROUPS = ["model", "data", "objective", "trainer", "logger", "callbacks", "paths", "debug", "hparams_search"]
+GROUPS = ["model", "data", "objective", "aligned", "trainer", "logger", "callbacks", "paths", "debug", "hparams_search"]
 # Configs that need the network (hub models / datasets) are composed but not instantiated.
 NEEDS_HUB = {("model", "hf"), ("model", "mistral_7b"), ("model", "llama3_8b"), ("data", "ultrachat200k")}
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -52,7 +52,7 @@ def test_tiny_and_local_configs_instantiate(tmp_path):
     cfg = _compose([f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
     objective = instantiate(cfg.objective)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert objective.reduction == "token_mean" and len(callbacks) == 5
+    assert objective.reduction == "token_mean" and len(callbacks) == 6
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
 from prefalign.data.chat import tokenize_dataset
 from prefalign.data.records import ColumnMap, DataError, DropReport, load_raw, normalise_records
+from prefalign.scoring.aligned import attach_aligned_scores
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class ChatDataModule(L.LightningDataModule):
         num_proc: processes for tokenisation (``datasets.map``).
         seed: shuffling seed (epoch ``e`` uses ``seed + e``).
         required_columns: extra columns the objective reads; checked at setup.
+        aligned: an aligned-LLM ensemble config (``conf/aligned``); its cached scores are joined
+            by sample id as ``aligned_score`` when the objective requires that column.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class ChatDataModule(L.LightningDataModule):
         num_proc: int | None = None,
         seed: int = 0,
         required_columns: Sequence[str] = (),
+        aligned: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -108,6 +112,7 @@ class ChatDataModule(L.LightningDataModule):
         self.num_proc = num_proc
         self.seed = seed
         self.required_columns = tuple(required_columns)
+        self.aligned = aligned
         self.datasets: dict[str, datasets.Dataset] = {}
         self.drop_reports: dict[str, DropReport] = {}
 
@@ -115,6 +120,13 @@ class ChatDataModule(L.LightningDataModule):
         """Load, validate and tokenise one split; return the dataset and what was dropped."""
         source = self.sources[split]
         ds, report = load_conversations(source, self.columns, self.on_invalid, self.num_proc)
+        if "aligned_score" in self.required_columns:
+            if self.aligned is None:
+                raise DataError(
+                    f"{source.path}: the objective needs aligned-LLM scores; set the `aligned` config group"
+                )
+            ds, score_report = attach_aligned_scores(ds, self.aligned, source.path)
+            report.merge(score_report)
         missing = [c for c in self.required_columns if c not in ds.column_names]
         if missing:
             raise DataError(

@@ -91,12 +91,15 @@ class SingleSequenceModule(L.LightningModule):
         self.log(f"{stage}/loss", loss.detach(), prog_bar=True, **options)
         for name, value in output.metrics.items():
             self.log(f"{stage}/{name}", value.float().mean(), **options)
+        for name in self.objective.distribution_metrics:
+            self.log(f"{stage}/{name}_std", output.metrics[name].float().std(unbiased=False), **options)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         output = self._objective_output(batch)
         loss = output.loss()
         self._log_output("train", output, loss, batch["input_ids"].shape[0])
-        return loss
+        # callbacks (histograms, sample tables) see the per-example metrics
+        return {"loss": loss, "metrics": output.metrics}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         output = self._objective_output(batch)

@@ -2,5 +2,6 @@
 
 from prefalign.objectives.base import ObjectiveOutput, SingleSequenceObjective
 from prefalign.objectives.ce import CrossEntropy
+from prefalign.objectives.poft import BiPoFT, PoFT
 
-__all__ = ["CrossEntropy", "ObjectiveOutput", "SingleSequenceObjective"]
+__all__ = ["BiPoFT", "CrossEntropy", "PoFT", "ObjectiveOutput", "SingleSequenceObjective"]

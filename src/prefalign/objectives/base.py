@@ -45,10 +45,15 @@ class SingleSequenceObjective(nn.Module):
 
     Subclasses implement :meth:`forward`. ``batch_columns`` names the dataset columns, besides
     the tokens, that the objective reads from the batch (e.g. aligned-LLM scores); the data module
-    checks they exist before training starts.
+    checks they exist before training starts. ``scored_tokens`` and ``distribution_metrics`` are
+    read by the LightningModule (which tokens to score; which metrics to log as distributions).
     """
 
     batch_columns: tuple[str, ...] = ()
+    # Which tokens the policy's log-likelihood covers: "response" (labels) or "all" non-pad tokens.
+    scored_tokens: str = "response"
+    # Metrics whose spread matters (logged with a standard deviation, and as W&B histograms).
+    distribution_metrics: tuple[str, ...] = ()
 
     def forward(
         self, policy: SequenceLogProbs, batch: Mapping[str, Any]

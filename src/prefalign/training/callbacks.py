@@ -48,3 +48,34 @@ class LogDataDrops(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(counts, step=trainer.global_step)
         log.info("data: %s", counts)
+
+
+class MetricHistograms(L.Callback):
+    """Sends the per-example values of the objective's ``distribution_metrics`` (PoFT: τ, margin)
+    to W&B as histograms every ``every_n_steps`` training batches (values pooled over the interval)."""
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = every_n_steps
+        self.buffers: dict[str, list[torch.Tensor]] = {}
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        names = getattr(getattr(pl_module, "objective", None), "distribution_metrics", ())
+        if not names or not isinstance(outputs, dict) or "metrics" not in outputs:
+            return
+        for name in names:
+            self.buffers.setdefault(name, []).append(outputs["metrics"][name].detach().float().cpu())
+        if (batch_idx + 1) % self.every_n_steps:
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if loggers and trainer.is_global_zero:
+            import wandb
+
+            payload = {
+                f"train/{n}_hist": wandb.Histogram(torch.cat(v).numpy()) for n, v in self.buffers.items()
+            }
+            payload["trainer/global_step"] = trainer.global_step
+            for logger in loggers:
+                logger.experiment.log(payload)
+        self.buffers = {}
