@@ -11,7 +11,18 @@ from prefalign.config import config_dir, register_resolvers
 from prefalign.train import choose_wandb_mode, run_task, train
 
 CONF = config_dir()
-GROUPS = ["model", "data", "objective", "aligned", "trainer", "logger", "callbacks", "paths", "debug", "hparams_search"]
+GROUPS = [
+    "model",
+    "data",
+    "objective",
+    "aligned",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "debug",
+    "hparams_search",
+]
 # Configs that need the network (hub models / datasets) are composed but not instantiated.
 NEEDS_HUB = {("model", "hf"), ("model", "mistral_7b"), ("model", "llama3_8b"), ("data", "ultrachat200k")}
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

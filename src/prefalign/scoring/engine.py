@@ -29,7 +29,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,13 +207,13 @@ class ShardWriter(BasePredictionWriter):
         self.folder = folder
         self.shard_sizes = dict(shard_sizes)
         self.shard_size = shard_size
-        self.buffers: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        self.buffers: dict[int, dict[str, list]] = {}
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
         shard = prediction["position"][0] // self.shard_size
-        buffer = self.buffers[shard]
+        buffer = self.buffers.setdefault(shard, {"id": [], "logp_sum": [], "num_tokens": []})
         for key in ("id", "logp_sum", "num_tokens"):
             buffer[key].extend(prediction[key])
         if len(buffer["id"]) == self.shard_sizes[shard]:

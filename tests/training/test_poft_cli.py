@@ -1,0 +1,103 @@
+"""prefalign-score followed by prefalign-train objective=poft, from the command line."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+DATA = ["data.train.limit=48", "data.val.limit=16", "data.batch_size=8"]
+
+
+def _run(module, args, cwd, cache):
+    env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd), "PREFALIGN_CACHE": cache}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture
+def scored(tmp_path, session_cache):
+    scores = tmp_path / "scores"
+    out = _run("prefalign.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path, session_cache)
+    return scores, out
+
+
+def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, session_cache, scored):
+    scores, first = scored
+    assert (first.stdout + first.stderr).count("cache_hit=False") == 4  # 2 members x (train, val)
+    again = _run("prefalign.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path, session_cache)
+    assert (again.stdout + again.stderr).count("cache_hit=True") == 4
+
+    common = [
+        *DATA,
+        f"aligned.cache_dir={scores}",
+        "objective=poft",
+        "trainer.max_steps=3",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress_bar=null",
+    ]
+    _run("prefalign.train", [*common, "hydra.run.dir=poft"], tmp_path, session_cache)
+    with (tmp_path / "poft" / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for key in (
+        "train/loss",
+        "train/tau",
+        "train/tau_std",
+        "train/r_theta",
+        "train/r_agg",
+        "train/margin",
+        "train/ce",
+    ):
+        assert any(r.get(key) for r in rows), key
+
+    _run(
+        "prefalign.train",
+        ["-m", "aligned.aggregation=avg,min,max", *common, "logger=csv"],
+        tmp_path,
+        session_cache,
+    )
+    runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/[0-9]"))
+    assert len(runs) == 3
+    assert {OmegaConf.load(r / ".hydra" / "config.yaml").aligned.aggregation for r in runs} == {
+        "avg",
+        "min",
+        "max",
+    }
+    r_agg = set()
+    for run in runs:
+        with (run / "csv" / "metrics.csv").open() as f:
+            r_agg.add(next(r["train/r_agg"] for r in csv.DictReader(f) if r.get("train/r_agg")))
+    assert len(r_agg) == 3  # three different aggregated scores
+
+
+def test_poft_without_cached_scores_fails_with_the_command_to_run(tmp_path, session_cache):
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PREFALIGN_ROOT": str(tmp_path),
+        "PREFALIGN_CACHE": session_cache,
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefalign.train",
+            *DATA,
+            f"aligned.cache_dir={tmp_path / 'empty'}",
+            "objective=poft",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    assert "prefalign-score" in result.stdout + result.stderr
