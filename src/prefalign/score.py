@@ -34,7 +34,10 @@ def score(cfg: DictConfig) -> list[dict]:
         if source_cfg is None:
             raise ValueError(f"splits: the data config has no `{split}` source")
         source = DataSource.from_config(OmegaConf.to_container(source_cfg, resolve=True))
-        ds, _ = load_conversations(source, columns, cfg.data.on_invalid)
+        noise = OmegaConf.to_container(cfg.data.noise, resolve=True) if cfg.data.get("noise") else None
+        ds, _ = load_conversations(
+            source, columns, cfg.data.on_invalid, cfg.data.get("num_proc"), split, noise
+        )
         for member in members_used(aligned):
             table = score_conversations(
                 ds,

@@ -15,6 +15,8 @@ from transformers import PreTrainedTokenizerBase
 
 from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
 from prefalign.data.chat import tokenize_dataset
+from prefalign.data.filtering import filter_top_fraction
+from prefalign.data.noise import NoiseConfig, build_noisy_dataset
 from prefalign.data.records import ColumnMap, DataError, DropReport, load_raw, normalise_records
 from prefalign.scoring.aligned import attach_aligned_scores
 
@@ -30,6 +32,7 @@ class DataSource:
         split: split for hub datasets and saved ``DatasetDict`` folders.
         subset: hub configuration name.
         revision: hub revision.
+        data_files: files inside a hub dataset repository to load (e.g. one language's file).
         limit: keep only the first ``limit`` samples (after validation), or all when ``None``.
     """
 
@@ -37,6 +40,7 @@ class DataSource:
     split: str = "train"
     subset: str | None = None
     revision: str | None = None
+    data_files: str | list[str] | None = None
     limit: int | None = None
 
     @classmethod
@@ -45,13 +49,35 @@ class DataSource:
 
 
 def load_conversations(
-    source: DataSource, columns: ColumnMap, on_invalid: str = "raise", num_proc: int | None = None
+    source: DataSource,
+    columns: ColumnMap,
+    on_invalid: str = "raise",
+    num_proc: int | None = None,
+    split: str = "train",
+    noise: Mapping[str, Any] | None = None,
 ) -> tuple[datasets.Dataset, DropReport]:
-    """Load and normalise one source to ``id`` + ``messages`` (+ any extra columns)."""
-    raw = load_raw(source.path, split=source.split, subset=source.subset, revision=source.revision)
+    """Load and normalise one source to ``id`` + ``messages`` (+ any extra columns).
+
+    This is the one recipe shared by training and scoring, so both see the same samples: load,
+    validate, keep the first ``source.limit`` samples, and for the ``train`` split mix in the
+    hand-crafted noise samples described by ``noise`` (a :class:`prefalign.data.noise.NoiseConfig`
+    mapping; PoFT paper §4.3), labelled by a boolean ``noise`` column (``False`` on the other splits).
+    """
+    raw = load_raw(
+        source.path,
+        split=source.split,
+        subset=source.subset,
+        revision=source.revision,
+        data_files=source.data_files,
+    )
     ds, report = normalise_records(raw, columns, source.path, on_invalid=on_invalid, num_proc=num_proc)
     if source.limit is not None:
         ds = ds.select(range(min(source.limit, len(ds))))
+    if noise and split == "train":
+        ds = build_noisy_dataset(ds, NoiseConfig(**dict(noise)))
+        log.info("%s: mixed in %d hand-crafted noise samples", source.path, noise["num_samples"])
+    elif noise and "noise" not in ds.column_names:  # evaluation splits stay clean, and say so
+        ds = ds.add_column("noise", [False] * len(ds))
     return ds, report
 
 
@@ -73,7 +99,12 @@ class ChatDataModule(L.LightningDataModule):
         seed: shuffling seed (epoch ``e`` uses ``seed + e``).
         required_columns: extra columns the objective reads; checked at setup.
         aligned: an aligned-LLM ensemble config (``conf/aligned``); its cached scores are joined
-            by sample id as ``aligned_score`` when the objective requires that column.
+            by sample id as ``aligned_score`` when the objective requires that column or when
+            filtering by score.
+        noise: hand-crafted noise mixed into the training split (:class:`prefalign.data.noise.NoiseConfig`
+            fields: ``num_samples``, ``seed``, ``insert_rate``, ``delete_rate``, ``modify_rate``), or ``None``.
+        filter_top_fraction: keep only this top fraction of the training split by aggregated
+            aligned score (PoFT paper Figure 4), or ``None`` to keep everything.
     """
 
     def __init__(
@@ -94,6 +125,8 @@ class ChatDataModule(L.LightningDataModule):
         seed: int = 0,
         required_columns: Sequence[str] = (),
         aligned: Mapping[str, Any] | None = None,
+        noise: Mapping[str, Any] | None = None,
+        filter_top_fraction: float | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -113,20 +146,31 @@ class ChatDataModule(L.LightningDataModule):
         self.seed = seed
         self.required_columns = tuple(required_columns)
         self.aligned = aligned
+        self.noise = noise
+        self.filter_top_fraction = filter_top_fraction
         self.datasets: dict[str, datasets.Dataset] = {}
         self.drop_reports: dict[str, DropReport] = {}
 
     def build(self, split: str) -> tuple[datasets.Dataset, DropReport]:
         """Load, validate and tokenise one split; return the dataset and what was dropped."""
         source = self.sources[split]
-        ds, report = load_conversations(source, self.columns, self.on_invalid, self.num_proc)
-        if "aligned_score" in self.required_columns:
+        ds, report = load_conversations(
+            source, self.columns, self.on_invalid, self.num_proc, split, self.noise
+        )
+        filtering = self.filter_top_fraction is not None and split == "train"
+        if "aligned_score" in self.required_columns or filtering:
             if self.aligned is None:
                 raise DataError(
-                    f"{source.path}: the objective needs aligned-LLM scores; set the `aligned` config group"
+                    f"{source.path}: aligned-LLM scores are needed; set the `aligned` config group"
                 )
             ds, score_report = attach_aligned_scores(ds, self.aligned, source.path)
             report.merge(score_report)
+        if filtering:
+            ds, filter_report = filter_top_fraction(ds, self.filter_top_fraction)
+            log.info("%s: %s", source.path, filter_report.summary())
+            if filter_report.dropped:
+                report.counts["below_score_threshold"] += filter_report.dropped
+                report.examples.setdefault("below_score_threshold", [])
         missing = [c for c in self.required_columns if c not in ds.column_names]
         if missing:
             raise DataError(

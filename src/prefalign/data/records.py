@@ -74,7 +74,12 @@ class ColumnMap:
         id: column holding a sample id; absent or empty ids become a content hash.
         prompt / response: columns of a prompt/response pair; when both are set they are used
             instead of ``messages``.
+        input: optional column appended to the prompt after a blank line (Alpaca's ``input``,
+            Dolly's ``context``) when it is not empty.
         system: optional column with a system prompt for prompt/response pairs.
+        pair_user / pair_assistant: for datasets whose turns are exchanges such as
+            ``{"human": ..., "assistant": ...}`` (shareAI's ShareGPT), the keys of the user and
+            assistant texts inside each element of ``messages``.
         role_names: raw role name -> canonical role (``human``/``gpt`` for ShareGPT).
     """
 
@@ -84,7 +89,10 @@ class ColumnMap:
     id: str | None = "id"
     prompt: str | None = None
     response: str | None = None
+    input: str | None = None
     system: str | None = None
+    pair_user: str | None = None
+    pair_assistant: str | None = None
     role_names: dict[str, str] = field(
         default_factory=lambda: {
             "system": "system",
@@ -133,7 +141,11 @@ def _locate_bad_json_line(path: Path) -> str:
 
 
 def load_raw(
-    source: str, split: str = "train", subset: str | None = None, revision: str | None = None
+    source: str,
+    split: str = "train",
+    subset: str | None = None,
+    revision: str | None = None,
+    data_files: str | list[str] | None = None,
 ) -> datasets.Dataset:
     """Load a raw dataset from a local json/jsonl/parquet file, a ``save_to_disk`` folder or the hub.
 
@@ -142,6 +154,7 @@ def load_raw(
         split: split to take from a hub dataset or a saved ``DatasetDict``.
         subset: hub dataset configuration name.
         revision: hub dataset revision (commit, tag or branch).
+        data_files: files to load from a hub dataset repository.
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -167,7 +180,7 @@ def load_raw(
         raise DataError(
             f"{source}: not an existing file or folder, and not a supported format {sorted(_FILE_FORMATS)}"
         )
-    return datasets.load_dataset(source, subset, split=split, revision=revision)
+    return datasets.load_dataset(source, subset, split=split, revision=revision, data_files=data_files)
 
 
 def _normalise_row(
@@ -183,9 +196,11 @@ def _normalise_row(
         messages = []
         if columns.system and row.get(columns.system):
             messages.append({"role": "system", "content": str(row[columns.system])})
-        messages.append(
-            {"role": "user", "content": "" if row.get(columns.prompt) is None else str(row[columns.prompt])}
-        )
+        prompt = "" if row.get(columns.prompt) is None else str(row[columns.prompt])
+        extra = row.get(columns.input) if columns.input else None
+        if extra is not None and str(extra).strip():
+            prompt = f"{prompt}\n\n{extra}"
+        messages.append({"role": "user", "content": prompt})
         messages.append(
             {
                 "role": "assistant",
@@ -201,6 +216,17 @@ def _normalise_row(
                 f"malformed_messages|column {columns.messages!r} is not a non-empty list of turns",
             )
         messages = []
+        if columns.pair_user and columns.pair_assistant:
+            keys = (("user", columns.pair_user), ("assistant", columns.pair_assistant))
+            for position, turn in enumerate(turns):
+                if not isinstance(turn, Mapping) or any(turn.get(key) is None for _, key in keys):
+                    problem = f"exchange {position} lacks {columns.pair_user!r}/{columns.pair_assistant!r}: {turn!r:.120}"
+                    return explicit_id, [], f"malformed_turn|{problem}"
+                messages.extend(
+                    {"role": role, "content": "" if turn[key] is None else str(turn[key])}
+                    for role, key in keys
+                )
+            return explicit_id, messages, _check_messages(messages)
         for position, turn in enumerate(turns):
             if not isinstance(turn, Mapping) or columns.role not in turn or columns.content not in turn:
                 return (
@@ -270,7 +296,16 @@ def normalise_records(
         return {"id": sample_id, "messages": messages, "_problem": problem, "_row": index}
 
     consumed = [
-        c for c in (columns.messages, columns.prompt, columns.response, columns.system, columns.id) if c
+        c
+        for c in (
+            columns.messages,
+            columns.prompt,
+            columns.response,
+            columns.input,
+            columns.system,
+            columns.id,
+        )
+        if c
     ]
     remove = [c for c in raw.column_names if c in consumed or c in ("messages", "id")]
     features = raw.features.copy()
