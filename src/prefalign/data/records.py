@@ -222,10 +222,7 @@ def _normalise_row(
                 if not isinstance(turn, Mapping) or any(turn.get(key) is None for _, key in keys):
                     problem = f"exchange {position} lacks {columns.pair_user!r}/{columns.pair_assistant!r}: {turn!r:.120}"
                     return explicit_id, [], f"malformed_turn|{problem}"
-                messages.extend(
-                    {"role": role, "content": "" if turn[key] is None else str(turn[key])}
-                    for role, key in keys
-                )
+                messages.extend({"role": role, "content": str(turn[key])} for role, key in keys)
             return explicit_id, messages, _check_messages(messages)
         for position, turn in enumerate(turns):
             if not isinstance(turn, Mapping) or columns.role not in turn or columns.content not in turn:
