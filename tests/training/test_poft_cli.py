@@ -43,7 +43,16 @@ def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, session_c
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar=null",
     ]
-    _run("prefalign.train", [*common, "hydra.run.dir=poft"], tmp_path, session_cache)
+    _run(
+        "prefalign.train",
+        [*common, "hydra.run.dir=poft", "callbacks.metric_histograms.every_n_steps=1"],
+        tmp_path,
+        session_cache,
+    )
+    # the W&B offline run holds the tau histograms (history rows are JSON inside the .wandb file)
+    (run_file,) = (tmp_path / "poft" / "wandb").glob("offline-run-*/run-*.wandb")
+    content = run_file.read_bytes()
+    assert b"train/tau_hist" in content and b"histogram" in content
     with (tmp_path / "poft" / "csv" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     for key in (
