@@ -111,3 +111,25 @@ def test_poft_gradient_is_tau_times_sample_mean_ce_gradient(tiny_model_and_token
         assert_close(a, b, rtol=1e-4, atol=1e-7)
     plain_ce_grads = _grads(model, CrossEntropy("sample_mean")(policy(), batch).loss())
     assert not all(torch.allclose(a, b, rtol=1e-3) for a, b in zip(poft_grads, plain_ce_grads, strict=True))
+
+
+def test_scored_tokens_all_averages_every_non_pad_token_like_the_official_code(tiny_model_and_tokenizer):
+    from prefalign.modules import SingleSequenceModule
+
+    model, tokenizer = tiny_model_and_tokenizer
+    samples = []
+    for i, messages in enumerate(CONVERSATIONS):
+        enc = encode_conversation(tokenizer, messages, 512, str(i))
+        samples.append({"id": str(i), "input_ids": enc.input_ids, "labels": enc.labels})
+    batch = pad_collate(samples, tokenizer.pad_token_id)
+    batch["aligned_score"] = torch.tensor([-5.0, -5.6, -5.3])
+    official = SingleSequenceModule(model, PoFT(scored_tokens="all"), optimizer=None)._objective_output(batch)
+    paper = SingleSequenceModule(model, PoFT(), optimizer=None)._objective_output(batch)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    for row in range(3):
+        n = int(batch["attention_mask"][row].sum())
+        logp = torch.log_softmax(logits[row, : n - 1].double(), -1)
+        expected = logp.gather(-1, batch["input_ids"][row, 1:n, None]).mean()
+        assert_close(official.metrics["r_theta"][row], expected.float(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(official.metrics["r_theta"], paper.metrics["r_theta"])

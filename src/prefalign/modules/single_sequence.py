@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from transformers import PreTrainedModel, get_scheduler
 
+from prefalign.data.chat import IGNORE_INDEX
 from prefalign.objectives.base import ObjectiveOutput, SingleSequenceObjective
 from prefalign.scoring.logprobs import sequence_logprobs
 
@@ -76,7 +77,10 @@ class SingleSequenceModule(L.LightningModule):
         outputs = self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         )
-        policy = sequence_logprobs(outputs.logits, batch["labels"], self.logprob_chunk_rows)
+        labels = batch["labels"]
+        if self.objective.scored_tokens == "all":  # every non-pad token (the official PoFT code)
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+        policy = sequence_logprobs(outputs.logits, labels, self.logprob_chunk_rows)
         return self.objective(policy, batch)
 
     def _log_output(self, stage: str, output: ObjectiveOutput, loss: torch.Tensor, batch_size: int) -> None:
