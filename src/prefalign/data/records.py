@@ -129,6 +129,7 @@ def _locate_bad_json_line(path: Path) -> str:
     """For a JSON-lines file, the first line that does not parse (for the error message)."""
     if path.suffix != ".jsonl":
         return ""
+    row = 0  # blank lines are skipped by the loader, so they do not count as rows
     with path.open(encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -136,7 +137,8 @@ def _locate_bad_json_line(path: Path) -> str:
             try:
                 json.loads(line)
             except json.JSONDecodeError as err:
-                return f" (line {line_no}, row {line_no - 1}: {err.msg} at column {err.colno})"
+                return f" (line {line_no}, row {row}: {err.msg} at column {err.colno})"
+            row += 1
     return ""
 
 
