@@ -329,3 +329,13 @@ def test_changing_the_data_file_changes_the_fingerprint(tmp_path, make_tokenizer
     assert after._fingerprint != before._fingerprint
     assert after["input_ids"][2] != before["input_ids"][2]
     assert after["input_ids"][:2] == before["input_ids"][:2]
+
+
+def test_tokenizer_fingerprint_ignores_call_time_padding_state():
+    from prefalign.data.chat import tokenizer_fingerprint
+    from prefalign.models.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer("chatml")
+    before = tokenizer_fingerprint(tokenizer)
+    tokenizer(["a", "abc"], padding=True)
+    assert tokenizer_fingerprint(tokenizer) == before

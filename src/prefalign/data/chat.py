@@ -15,6 +15,7 @@ the fast tokenizer's character offsets, so no ``{% generation %}`` tags are need
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -130,9 +131,13 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A hash of everything about a tokenizer that changes the encoding (vocab, merges, template, specials)."""
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(
-        (backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode()
-    )
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("padding", None)  # call-time settings, not part of the encoding
+        state.pop("truncation", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
+    else:
+        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     h.update(str(tokenizer.chat_template).encode())
     h.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
     return h.hexdigest()[:16]
