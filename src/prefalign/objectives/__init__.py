@@ -2,6 +2,17 @@
 
 from prefalign.objectives.base import ObjectiveOutput, SingleSequenceObjective
 from prefalign.objectives.ce import CrossEntropy
+from prefalign.objectives.pairwise import MultiSequenceObjective, PairwisePreference
 from prefalign.objectives.poft import BiPoFT, PoFT
+from prefalign.objectives.sso import SSO
 
-__all__ = ["BiPoFT", "CrossEntropy", "PoFT", "ObjectiveOutput", "SingleSequenceObjective"]
+__all__ = [
+    "SSO",
+    "BiPoFT",
+    "CrossEntropy",
+    "MultiSequenceObjective",
+    "PairwisePreference",
+    "PoFT",
+    "ObjectiveOutput",
+    "SingleSequenceObjective",
+]
