@@ -1,0 +1,1 @@
+"""Principle-driven on-policy data for SSO: principles, feature allocation, judge prompts."""
