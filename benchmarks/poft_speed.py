@@ -59,14 +59,14 @@ def step_time_ratio(model, tokenizer, ds, steps: int, batch_size: int) -> dict:
     times = {name: [] for name in modules}
     for batch in batches[:2]:  # warm-up
         for module in modules.values():
-            module._objective_output(batch).loss().backward()
+            module.objective_output(batch).loss().backward()
             optimizer.step()
             optimizer.zero_grad()
     for step, batch in enumerate(batches):
         order = list(modules.items()) if step % 2 == 0 else list(modules.items())[::-1]  # no first-mover bias
         for name, module in order:
             start = time.perf_counter()
-            module._objective_output(batch).loss().backward()
+            module.objective_output(batch).loss().backward()
             optimizer.step()
             optimizer.zero_grad()
             times[name].append(time.perf_counter() - start)

@@ -123,8 +123,8 @@ def test_scored_tokens_all_averages_every_non_pad_token_like_the_official_code(t
         samples.append({"id": str(i), "input_ids": enc.input_ids, "labels": enc.labels})
     batch = pad_collate(samples, tokenizer.pad_token_id)
     batch["aligned_score"] = torch.tensor([-5.0, -5.6, -5.3])
-    official = SingleSequenceModule(model, PoFT(scored_tokens="all"), optimizer=None)._objective_output(batch)
-    paper = SingleSequenceModule(model, PoFT(), optimizer=None)._objective_output(batch)
+    official = SingleSequenceModule(model, PoFT(scored_tokens="all"), optimizer=None).objective_output(batch)
+    paper = SingleSequenceModule(model, PoFT(), optimizer=None).objective_output(batch)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     for row in range(3):

@@ -1,0 +1,120 @@
+"""What every prefalign LightningModule shares: optimiser and schedule, FSDP2 sharding, logging.
+
+Subclasses differ only in batch shape: they implement :meth:`AlignmentModule.objective_output`,
+which runs the policy over a batch and applies the objective.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from transformers import PreTrainedModel, get_scheduler
+
+from prefalign.objectives.base import ObjectiveOutput
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+class AlignmentModule(L.LightningModule):
+    """Training / validation steps, logging, optimiser and schedule around an objective.
+
+    Args:
+        model: the causal LM being trained.
+        objective: the loss module.
+        optimizer: a partial taking parameters (Hydra ``_partial_: true``), built in
+            :meth:`configure_optimizers` from ``self.trainer.model`` so FSDP's sharded
+            parameters are the ones optimised.
+        scheduler: ``name`` (a transformers scheduler: ``cosine``, ``linear``, ``constant_with_warmup``...),
+            ``warmup_ratio`` (fraction of the total optimiser steps) and optional ``kwargs``.
+        logprob_chunk_rows: sequences per fp32 log-softmax chunk (bounds memory on large vocabularies).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        objective: torch.nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: Mapping[str, Any] | None = None,
+        logprob_chunk_rows: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model.train()  # from_pretrained returns eval mode
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler or {"name": "cosine", "warmup_ratio": 0.1})
+        self.logprob_chunk_rows = logprob_chunk_rows
+
+    def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- sharding ---------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Apply FSDP2 (``fully_shard``) per decoder layer and at the root under ``ModelParallelStrategy``."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        from prefalign.training.strategies import decoder_layers
+
+        precision = str(self.trainer.precision)
+        mp_policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if precision.startswith("bf16")
+            else MixedPrecisionPolicy()
+        )
+        dp_mesh = mesh["data_parallel"]
+        for layer in decoder_layers(self.model):
+            fully_shard(layer, mesh=dp_mesh, mp_policy=mp_policy)
+        fully_shard(self.model, mesh=dp_mesh, mp_policy=mp_policy)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _log_output(self, stage: str, output: ObjectiveOutput, loss: torch.Tensor, batch_size: int) -> None:
+        """``train/*`` per step; ``val/*`` as epoch means over all ranks."""
+        per_step = stage == "train"
+        options = {
+            "on_step": per_step,
+            "on_epoch": not per_step,
+            "sync_dist": not per_step,
+            "batch_size": batch_size,
+        }
+        self.log(f"{stage}/loss", loss.detach(), prog_bar=True, **options)
+        for name, value in output.metrics.items():
+            self.log(f"{stage}/{name}", value.float().mean(), **options)
+        for name in getattr(self.objective, "distribution_metrics", ()):
+            self.log(f"{stage}/{name}_std", output.metrics[name].float().std(unbiased=False), **options)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        output = self.objective_output(batch)
+        loss = output.loss()
+        self._log_output("train", output, loss, len(batch["id"]))
+        # callbacks (histograms, sample tables) see the per-example metrics
+        return {"loss": loss, "metrics": output.metrics}
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        output = self.objective_output(batch)
+        loss = output.loss()
+        self._log_output("val", output, loss, len(batch["id"]))
+        return loss
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        parameters = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(parameters)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        warmup_steps = math.ceil(float(self.scheduler_cfg.get("warmup_ratio", 0.0)) * total_steps)
+        scheduler = get_scheduler(
+            self.scheduler_cfg.get("name", "cosine"),
+            optimizer,
+            num_warmup_steps=warmup_steps,
+            num_training_steps=total_steps,
+            scheduler_specific_kwargs=dict(self.scheduler_cfg.get("kwargs") or {}),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
