@@ -19,11 +19,13 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from prefalign.config import config_dir, register_resolvers, validate_train_config
+from prefalign.config import ConfigError, config_dir, register_resolvers, validate_train_config
+from prefalign.data.preference import PreferenceDataModule
 from prefalign.models.loading import load_model_and_tokenizer
+from prefalign.objectives.pairwise import MultiSequenceObjective
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -72,22 +74,49 @@ def build_strategy(trainer_cfg: DictConfig, model: Any) -> Any:
     return strategy
 
 
+def objective_wiring(cfg: DictConfig, objective: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the data module and the LightningModule need to know about the objective.
+
+    One-sequence objectives name the extra columns they read (aligned scores come from the
+    ``aligned`` ensemble); multi-sequence objectives name their sequences and get reference
+    log-probs precomputed by the scoring engine (``reference.mode: precomputed``) or from a live
+    frozen model (``reference.mode: live``).
+    """
+    if not isinstance(objective, MultiSequenceObjective):
+        aligned = OmegaConf.to_container(cfg.aligned, resolve=True) if cfg.get("aligned") else None
+        return {"required_columns": list(objective.batch_columns), "aligned": aligned}, {}
+    reference = OmegaConf.to_container(cfg.reference, resolve=True) if cfg.get("reference") else None
+    data_kwargs: dict[str, Any] = {"sequences": list(objective.sequences), "reference": None}
+    module_kwargs: dict[str, Any] = {}
+    if objective.needs_reference:
+        if reference is None:
+            raise ConfigError(f"config key `reference`: {type(objective).__name__} needs a reference model")
+        if reference.get("mode", "precomputed") == "live":
+            module_kwargs["reference_model"], _ = load_model_and_tokenizer(reference["model"])
+        else:
+            data_kwargs["reference"] = reference
+    return data_kwargs, module_kwargs
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from the config, fit, and return the final callback metrics."""
     validate_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     objective = instantiate(cfg.objective)
-    aligned = OmegaConf.to_container(cfg.aligned, resolve=True) if cfg.get("aligned") else None
-    datamodule = instantiate(
-        cfg.data, tokenizer=tokenizer, required_columns=list(objective.batch_columns), aligned=aligned
-    )
+    multi_sequence = isinstance(objective, MultiSequenceObjective)
+    if multi_sequence != issubclass(get_class(cfg.data._target_), PreferenceDataModule):
+        kind = "preference data (e.g. data=tiny_preference)" if multi_sequence else "chat data"
+        raise ConfigError(f"config keys `objective` / `data`: {type(objective).__name__} trains on {kind}")
+    data_kwargs, module_kwargs = objective_wiring(cfg, objective)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, **data_kwargs)
     module = instantiate(
         cfg.module,
         model=model,
         objective=objective,
         optimizer=instantiate(cfg.optimizer),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        **module_kwargs,
     )
     loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

@@ -212,15 +212,18 @@ class ChatDataModule(L.LightningDataModule):
             world_size=world,
             mega_batch_mult=self.mega_batch_mult if self.group_by_length else 1,
         )
-        collate = functools.partial(
-            pad_collate, pad_token_id=self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
-        )
         return DataLoader(
             ds.with_format(None),
             batch_sampler=sampler,
-            collate_fn=collate,
+            collate_fn=self.collate_fn(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+        )
+
+    def collate_fn(self):
+        """The batch collation: right-padded token tensors plus scalar columns."""
+        return functools.partial(
+            pad_collate, pad_token_id=self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -88,7 +88,44 @@ def write_jsonl(path: str | Path, n: int, seed: int) -> Path:
     return path
 
 
+def _wrong(answer: str, rng: random.Random) -> str:
+    """A fluent but wrong variant of an answer: a number changed, or words swapped."""
+    tokens = answer.split()
+    numbers = [i for i, t in enumerate(tokens) if t.strip(".").isdigit()]
+    if numbers:
+        i = numbers[-1]
+        value = int(tokens[i].strip("."))
+        tokens[i] = str(value + rng.choice([-2, -1, 1, 2, 10])) + ("." if tokens[i].endswith(".") else "")
+        return " ".join(tokens)
+    return answer.replace("'", "").upper() if rng.random() < 0.5 else " ".join(reversed(tokens))
+
+
+def generate_preferences(n: int, seed: int = 0) -> Iterator[dict]:
+    """Yield ``n`` preference records: a prompt, a correct (chosen) and a wrong (rejected) answer."""
+    rng = random.Random(seed)
+    for index in range(n):
+        question, answer = _task(rng)
+        yield {
+            "id": f"pref-{seed}-{index}",
+            "prompt": question,
+            "chosen": answer,
+            "rejected": _wrong(answer, rng),
+        }
+
+
+def write_preferences_jsonl(path: str | Path, n: int, seed: int) -> Path:
+    """Write ``n`` generated preference records to ``path`` as JSON lines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for record in generate_preferences(n, seed):
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
 if __name__ == "__main__":  # regenerate the bundled files
     here = Path(__file__).parent / "bundled"
     write_jsonl(here / "tiny_chat_train.jsonl", 512, seed=0)
     write_jsonl(here / "tiny_chat_val.jsonl", 64, seed=1)
+    write_preferences_jsonl(here / "tiny_pref_train.jsonl", 256, seed=2)
+    write_preferences_jsonl(here / "tiny_pref_val.jsonl", 32, seed=3)

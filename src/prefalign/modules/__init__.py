@@ -1,5 +1,7 @@
 """LightningModules, split by batch shape (not by loss)."""
 
+from prefalign.modules.base import AlignmentModule
+from prefalign.modules.multi_sequence import MultiSequenceModule
 from prefalign.modules.single_sequence import SingleSequenceModule
 
-__all__ = ["SingleSequenceModule"]
+__all__ = ["AlignmentModule", "MultiSequenceModule", "SingleSequenceModule"]

@@ -1,0 +1,337 @@
+"""Preference data: several (prompt, response) sequences per sample, for DPO, IPO and SSO.
+
+A preference record has an ``id``, a ``prompt`` (a string, or a conversation prefix ending with
+a user turn), a ``chosen`` (y+) and a ``rejected`` (y−) response, and for SSO an ``original``
+response (y_o, sampled without principle) and the two principle system messages ``system_good`` /
+``system_bad`` (x+ / x−). A sequence is named ``"<prompt>|<response>"`` with prompts ``x``, ``x+``,
+``x-`` and responses ``y+``, ``y-``, ``yo``; an objective declares which it needs, each is
+tokenised with the model's chat template (response tokens labelled, as everywhere), and the frozen
+reference's log-probs of each are computed once by the scoring engine and joined by id.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import torch
+
+from prefalign.data.batching import pad_collate
+from prefalign.data.chat import TemplateError, encode_conversation
+from prefalign.data.datamodule import ChatDataModule, DataSource
+from prefalign.data.records import DataError, DropReport, content_id, load_raw
+
+log = logging.getLogger(__name__)
+
+PROMPT_SYSTEMS = {"x": None, "x+": "system_good", "x-": "system_bad"}
+RESPONSES = {"y+": "chosen", "y-": "rejected", "yo": "original"}
+
+
+@dataclass
+class PreferenceColumns:
+    """Where a preference record's parts live in a raw row (any may be renamed)."""
+
+    id: str | None = "id"
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    original: str = "original"
+    system_good: str = "system_good"
+    system_bad: str = "system_bad"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> PreferenceColumns:
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"data.columns: unknown keys {sorted(unknown)}")
+        return cls(**cfg)
+
+
+def parse_sequence(name: str) -> tuple[str, str]:
+    """``"x+|y-"`` -> (``"x+"``, ``"y-"``), checking both parts."""
+    prompt, _, response = name.partition("|")
+    if prompt not in PROMPT_SYSTEMS or response not in RESPONSES:
+        raise ValueError(
+            f"unknown sequence {name!r}: prompts are {list(PROMPT_SYSTEMS)}, responses {list(RESPONSES)}"
+        )
+    return prompt, response
+
+
+def required_fields(sequences: Sequence[str]) -> list[str]:
+    """The record fields that the named sequences use."""
+    fields = ["prompt"]
+    for name in sequences:
+        prompt, response = parse_sequence(name)
+        for field_name in (PROMPT_SYSTEMS[prompt], RESPONSES[response]):
+            if field_name and field_name not in fields:
+                fields.append(field_name)
+    return fields
+
+
+def _text(value: Any) -> str | None:
+    """A response given as text, or as a conversation whose last turn is the assistant's."""
+    if isinstance(value, list) and value and isinstance(value[-1], Mapping):
+        value = value[-1].get("content")
+    return None if value is None else str(value)
+
+
+def _prompt_messages(value: Any) -> list[dict[str, str]] | None:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}] if value.strip() else None
+    if isinstance(value, list) and value:
+        messages = [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in value]
+        if messages[-1]["role"] == "assistant":  # a full chosen conversation: keep the prefix
+            messages = messages[:-1]
+        return messages if messages and messages[-1]["role"] == "user" else None
+    return None
+
+
+def normalise_preferences(
+    raw: datasets.Dataset,
+    columns: PreferenceColumns,
+    fields: Sequence[str],
+    source: str,
+    on_invalid: str = "raise",
+) -> tuple[datasets.Dataset, DropReport]:
+    """Validate preference rows and normalise them to ``id``, ``prompt`` (messages) and the text fields.
+
+    Empty responses (e.g. empty generations), an unusable prompt and duplicate ids raise a
+    :class:`DataError` naming the source, the row and the id, or with ``on_invalid="drop"`` are
+    dropped and counted.
+    """
+    column_of = {f: getattr(columns, f) for f in fields}
+    missing = [c for c in column_of.values() if c not in raw.column_names]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; the file has columns {raw.column_names}")
+    report = DropReport(total=len(raw))
+    rows, seen = [], {}
+    for index, row in enumerate(raw):
+        prompt = _prompt_messages(row[column_of["prompt"]])
+        record: dict[str, Any] = {"prompt": prompt}
+        problem = "" if prompt else "bad_prompt|the prompt is empty or does not end with a user turn"
+        for f in fields[1:]:
+            record[f] = _text(row[column_of[f]])
+            if not problem and not (record[f] or "").strip():
+                problem = f"empty_{f}|the {f} text is empty"
+        raw_id = row.get(columns.id) if columns.id else None
+        sample_id = (
+            str(raw_id)
+            if raw_id not in (None, "")
+            else content_id(
+                (prompt or []) + [{"role": "assistant", "content": record.get(f) or ""} for f in fields[1:]]
+            )
+        )
+        if not problem and sample_id in seen:
+            problem = f"duplicate_id|duplicate sample id, first seen at row {seen[sample_id]}"
+        if problem:
+            code, detail = problem.split("|", 1)
+            if on_invalid != "drop":
+                raise DataError(f"{source}: row {index} (id={sample_id}): {detail}")
+            report.add(code, sample_id)
+            continue
+        seen[sample_id] = index
+        rows.append({"id": sample_id, **record})
+    if report.dropped:
+        log.warning(report.summary(source))
+    if not rows:
+        raise DataError(f"{source}: no valid preference record")
+    return datasets.Dataset.from_list(rows), report
+
+
+def sequence_messages(row: Mapping[str, Any], name: str) -> list[dict[str, str]]:
+    """The conversation of sequence ``name`` for one normalised record."""
+    prompt, response = parse_sequence(name)
+    messages = list(row["prompt"])
+    system_field = PROMPT_SYSTEMS[prompt]
+    if system_field:
+        messages = [{"role": "system", "content": row[system_field]}, *messages]
+    return [*messages, {"role": "assistant", "content": row[RESPONSES[response]]}]
+
+
+def sequences_as_conversations(ds: datasets.Dataset, sequences: Sequence[str]) -> datasets.Dataset:
+    """One conversation per (record, sequence), id ``"<id>::<sequence>"``: what the scoring engine reads."""
+    rows = [
+        {"id": f"{row['id']}::{name}", "messages": sequence_messages(row, name)}
+        for row in ds
+        for name in sequences
+    ]
+    return datasets.Dataset.from_list(rows)
+
+
+def tokenize_preferences(
+    ds: datasets.Dataset, tokenizer: Any, max_length: int, sequences: Sequence[str], source: str
+) -> tuple[datasets.Dataset, DropReport]:
+    """Tokenise every sequence of every record (``<sequence>.input_ids`` / ``.labels`` columns and ``length``).
+
+    A record any of whose sequences keeps no response token after truncation is dropped and counted.
+    """
+    report = DropReport(total=len(ds))
+    rows = []
+    for row in ds:
+        out: dict[str, Any] = {"id": row["id"]}
+        longest, empty = 0, False
+        for name in sequences:
+            try:
+                enc = encode_conversation(tokenizer, sequence_messages(row, name), max_length, row["id"])
+            except TemplateError as err:
+                raise TemplateError(f"{source}: sequence {name}: {err}") from err
+            out[f"{name}.input_ids"], out[f"{name}.labels"] = enc.input_ids, enc.labels
+            longest = max(longest, len(enc.input_ids))
+            empty |= enc.num_response_tokens == 0
+        if empty:
+            report.add("response_truncated", row["id"])
+            continue
+        out["length"] = longest
+        for key, value in row.items():
+            if key not in out and isinstance(value, (int, float, bool)) and not isinstance(value, str):
+                out[key] = value
+        rows.append(out)
+    if not rows:
+        raise DataError(
+            f"{source}: no preference record left after tokenisation with max_length={max_length}"
+        )
+    if report.dropped:
+        log.warning(report.summary(f"{source} (max_length={max_length})"))
+    return datasets.Dataset.from_list(rows), report
+
+
+def attach_reference(
+    ds: datasets.Dataset,
+    tokenised: datasets.Dataset,
+    sequences: Sequence[str],
+    reference: Mapping[str, Any],
+    max_length: int,
+    source: str,
+) -> datasets.Dataset:
+    """Join the frozen reference's log-prob sum and count of every sequence (``ref.<sequence>.sum`` / ``.count``).
+
+    The reference is scored by the scoring engine over :func:`sequences_as_conversations` (cached by
+    data, model, template and ``max_length``): missing scores are an error with the command to
+    run, unless ``reference.score_missing`` (score them now).
+    """
+    from prefalign.scoring.engine import (
+        ScoreCacheError,
+        find_cached_scores,
+        load_score_table,
+        score_conversations,
+    )
+
+    conversations = sequences_as_conversations(ds, sequences)
+    model_cfg = reference["model"]
+    folder, finished = find_cached_scores(conversations, model_cfg, max_length, reference["cache_dir"])
+    if finished:
+        table = load_score_table(folder)
+    elif reference.get("score_missing", False):
+        table = score_conversations(
+            conversations,
+            model_cfg,
+            max_length=max_length,
+            cache_dir=reference["cache_dir"],
+            member="reference",
+            source=source,
+            batch_size=int(reference.get("batch_size", 16)),
+        )
+    else:
+        raise ScoreCacheError(
+            f"{source}: no cached reference log-probs for this data (expected at {folder}); score them first "
+            "or set reference.score_missing=true"
+        )
+    sums = dict(zip(table.table["id"], table.table["logp_sum"], strict=True))
+    counts = dict(zip(table.table["id"], table.table["num_tokens"], strict=True))
+    columns: dict[str, list] = {}
+    for name in sequences:
+        keys = [f"{sample_id}::{name}" for sample_id in tokenised["id"]]
+        missing = [k for k in keys if k not in sums]
+        if missing:
+            raise ScoreCacheError(f"{source}: no reference score for sequence(s) {missing[:5]}")
+        columns[f"ref.{name}.sum"] = [sums[k] for k in keys]
+        columns[f"ref.{name}.count"] = [counts[k] for k in keys]
+    for column, values in columns.items():
+        tokenised = tokenised.add_column(column, values)
+    return tokenised
+
+
+def collate_sequences(
+    samples: list[dict[str, Any]], sequences: Sequence[str], pad_token_id: int
+) -> dict[str, Any]:
+    """Stack every sequence of every sample into one padded batch, sequence-major.
+
+    Rows ``k*B .. (k+1)*B`` hold sequence ``sequences[k]`` of the ``B`` samples, so one forward pass
+    scores all of them. Reference columns become ``(B,)`` tensors.
+    """
+    flat = [
+        {"id": s["id"], "input_ids": s[f"{name}.input_ids"], "labels": s[f"{name}.labels"]}
+        for name in sequences
+        for s in samples
+    ]
+    batch = pad_collate(flat, pad_token_id)
+    batch["id"] = [s["id"] for s in samples]
+    batch["sequences"] = list(sequences)
+    for key in samples[0]:
+        if key.startswith("ref."):
+            dtype = torch.float64 if key.endswith(".sum") else torch.long
+            batch[key] = torch.tensor([s[key] for s in samples], dtype=dtype)
+    return batch
+
+
+class PreferenceDataModule(ChatDataModule):
+    """Preference data for multi-sequence objectives (DPO, IPO, SSO).
+
+    Arguments as :class:`ChatDataModule`, plus:
+        columns: :class:`PreferenceColumns` config.
+        sequences: the sequence names the objective needs (set by the training app).
+        reference: ``{model: <model config>, cache_dir, score_missing, batch_size}`` for precomputed
+            reference log-probs, or ``None`` when the module computes them live (or needs none).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        train,
+        val=None,
+        columns=None,
+        sequences: Sequence[str] = ("x|y+", "x|y-"),
+        reference: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("required_columns", None)
+        kwargs.pop("aligned", None)
+        super().__init__(tokenizer, train, val, columns=None, **kwargs)
+        self.columns = PreferenceColumns.from_config(columns)
+        self.sequences = tuple(sequences)
+        self.reference = reference
+
+    def build(self, split: str) -> tuple[datasets.Dataset, DropReport]:
+        source: DataSource = self.sources[split]
+        raw = load_raw(
+            source.path,
+            split=source.split,
+            subset=source.subset,
+            revision=source.revision,
+            data_files=source.data_files,
+        )
+        ds, report = normalise_preferences(
+            raw, self.columns, required_fields(self.sequences), source.path, self.on_invalid
+        )
+        if source.limit is not None:
+            ds = ds.select(range(min(source.limit, len(ds))))
+        tokenised, truncation = tokenize_preferences(
+            ds, self.tokenizer, self.max_length, self.sequences, source.path
+        )
+        report.merge(truncation)
+        if self.reference is not None:
+            tokenised = attach_reference(
+                ds, tokenised, self.sequences, self.reference, self.max_length, source.path
+            )
+        log.info(report.summary(f"{split} ({source.path})"))
+        return tokenised, report
+
+    def collate_fn(self):
+        return functools.partial(
+            collate_sequences, sequences=self.sequences, pad_token_id=self.tokenizer.pad_token_id
+        )

@@ -1,0 +1,89 @@
+"""The LightningModule for objectives with several sequences per sample (DPO, IPO, SSO)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from prefalign.modules.base import AlignmentModule
+from prefalign.objectives.base import ObjectiveOutput
+from prefalign.objectives.pairwise import MultiSequenceObjective
+from prefalign.scoring.logprobs import SequenceLogProbs, sequence_logprobs
+
+
+def split_by_sequence(scores: SequenceLogProbs, names: list[str]) -> dict[str, SequenceLogProbs]:
+    """Undo the sequence-major stacking of :func:`prefalign.data.preference.collate_sequences`."""
+    size = scores.sum.shape[0] // len(names)
+    return {
+        name: SequenceLogProbs(
+            sum=scores.sum[k * size : (k + 1) * size], count=scores.count[k * size : (k + 1) * size]
+        )
+        for k, name in enumerate(names)
+    }
+
+
+class MultiSequenceModule(AlignmentModule):
+    """Scores all of a batch's (prompt, response) sequences in one concatenated forward pass.
+
+    Reference log-probs come precomputed in the batch (``ref.<sequence>.sum`` / ``.count``, from the
+    scoring engine: the reference is frozen within an SSO iteration, so training holds one model),
+    or, with ``reference_model`` set (the ``live`` mode), from a second frozen model run on the same
+    batch.
+
+    Arguments as :class:`AlignmentModule`, plus ``reference_model``.
+    """
+
+    def __init__(
+        self,
+        model,
+        objective,
+        optimizer,
+        scheduler=None,
+        logprob_chunk_rows=None,
+        reference_model: PreTrainedModel | None = None,
+    ) -> None:
+        if not isinstance(objective, MultiSequenceObjective):
+            raise TypeError(
+                f"{type(objective).__name__} is not a multi-sequence objective; "
+                "set `module._target_` to the LightningModule for its batch shape"
+            )
+        super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows)
+        self.reference_model = (
+            reference_model.eval().requires_grad_(False) if reference_model is not None else None
+        )
+
+    def _reference(self, batch: Mapping[str, Any], names: list[str]) -> dict[str, SequenceLogProbs] | None:
+        if self.reference_model is not None:
+            with torch.no_grad():
+                logits = self.reference_model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+                ).logits
+                return split_by_sequence(
+                    sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows), names
+                )
+        if f"ref.{names[0]}.sum" not in batch:
+            if self.objective.needs_reference:
+                raise KeyError(
+                    "the batch has no reference log-probs (ref.<sequence>.sum) and no live reference model"
+                )
+            return None
+        return {
+            name: SequenceLogProbs(sum=batch[f"ref.{name}.sum"].float(), count=batch[f"ref.{name}.count"])
+            for name in names
+        }
+
+    def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
+        names = list(batch["sequences"])
+        missing = [n for n in self.objective.sequences if n not in names]
+        if missing:
+            raise KeyError(
+                f"the batch lacks sequence(s) {missing} that {type(self.objective).__name__} needs"
+            )
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
+        policy = split_by_sequence(sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows), names)
+        return self.objective(policy, self._reference(batch, names), batch)
