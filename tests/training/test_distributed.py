@@ -75,3 +75,4 @@ def test_two_process_fsdp2_trains_saves_sharded_checkpoints_and_resumes(tmp_path
     assert meta["global_step"] == 4  # 32 samples / (8 x 2 ranks) = 2 steps an epoch, 2 epochs
     first_meta = torch.load(checkpoint / "meta.pt", map_location="cpu", weights_only=False)
     assert meta["wandb_run_id"] == first_meta["wandb_run_id"]
+    assert (tmp_path / "run2" / "hf" / "model.safetensors").exists()  # gathered from the shards

@@ -44,6 +44,13 @@ def test_ce_run_writes_epoch_checkpoints_csv_and_offline_wandb(compose_train, tm
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert runs[0].name.endswith(ckpt[WANDB_RUN_ID_KEY])
     assert ckpt["global_step"] == 12
+    # the Hugging Face export holds the final weights and loads as a model
+    from prefalign.models.loading import load_causal_lm
+
+    exported = load_causal_lm(str(out / "hf"))
+    torch.testing.assert_close(
+        exported.model.embed_tokens.weight, ckpt["state_dict"]["model.model.embed_tokens.weight"]
+    )
 
 
 def test_resume_is_exact_and_continues_the_wandb_run(compose_train, tmp_path):

@@ -79,3 +79,32 @@ class MetricHistograms(L.Callback):
             for logger in loggers:
                 logger.experiment.log(payload)
         self.buffers = {}
+
+
+class ExportHF(L.Callback):
+    """Writes the trained model (and the data module's tokenizer) in Hugging Face format at the end of fit.
+
+    The folder loads with ``model=hf model.name_or_path=<dirpath>``: the next stage of a pipeline
+    (the next SSO iteration's policy and reference, PoFT -> DPO) starts from it. Sharded models
+    (FSDP, FSDP2) are gathered into a full state dict first, on CPU.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = pl_module.model
+        state_dict = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state_dict = get_model_state_dict(
+                model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        if trainer.is_global_zero:
+            model.save_pretrained(self.dirpath, state_dict=state_dict)
+            tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(self.dirpath)
+            log.info("exported the trained model to %s", self.dirpath)
+        trainer.strategy.barrier()
