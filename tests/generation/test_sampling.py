@@ -39,8 +39,8 @@ def test_sampling_is_seeded(tiny_model_and_tokenizer):
 
 def test_long_prompts_are_counted_or_refused(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
-    long = [{"role": "user", "content": "x" * 3000}]
+    long = [{"role": "user", "content": "x" * 5000}]
     keep, report = filter_prompts_by_length(["a", "b"], [CONVERSATIONS[0], long], tokenizer, 512)
     assert keep == [0] and report.examples == {"prompt_too_long": ["b"]}
-    with pytest.raises(DataError, match="prompt 0 has .* tokens; the model allows 2048"):
+    with pytest.raises(DataError, match="prompt 0 has .* tokens; the model allows 4096"):
         HFGenerator(model, tokenizer).generate([long], SamplingConfig(max_new_tokens=4))

@@ -49,7 +49,7 @@ class TinySpec:
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = 4096
     seed: int = 0
 
     def key(self) -> str:

@@ -1,0 +1,51 @@
+"""Pairwise judges for signal accuracy: is y+ really better than y−?
+
+A judge is any callable ``judge(prompt, response_a, response_b) -> "a" | "b" | None`` (None:
+unsure). :class:`LLMJudge` asks a local causal LM with the SSO paper's Table 15 prompt in both
+orders and answers only when the two orders agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from prefalign.generation.principles import judge_messages, parse_judge_answer
+from prefalign.generation.sampling import HFGenerator, SamplingConfig
+
+Judge = Callable[[str, str, str], "str | None"]
+
+
+class LLMJudge:
+    """Table 15 judge on a local model; "unsure" (None) when swapping the outputs changes the verdict."""
+
+    def __init__(self, generator: HFGenerator, max_new_tokens: int = 4) -> None:
+        self.generator = generator
+        self.config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+
+    def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[str | None]:
+        """Verdicts for (prompt, a, b) triples: "a", "b" or None."""
+        conversations = []
+        for prompt, a, b in items:
+            conversations.append(judge_messages(prompt, a, b))  # a is "m"
+            conversations.append(judge_messages(prompt, b, a))  # a is "M"
+        answers = [parse_judge_answer(g.text) for g in self.generator.generate(conversations, self.config)]
+        verdicts = []
+        for first, second in zip(answers[0::2], answers[1::2], strict=True):
+            a_first = {"m": "a", "M": "b"}.get(first or "")
+            a_second = {"M": "a", "m": "b"}.get(second or "")
+            verdicts.append(a_first if a_first is not None and a_first == a_second else None)
+        return verdicts
+
+    def __call__(self, prompt: str, a: str, b: str) -> str | None:
+        return self.judge_many([(prompt, a, b)])[0]
+
+
+def signal_accuracy(judge: Judge, triples: Sequence[tuple[str, str, str]]) -> dict[str, float]:
+    """Share of (prompt, y+, y−) where the judge prefers y+, prefers y−, or is unsure."""
+    verdicts = judge.judge_many(triples) if hasattr(judge, "judge_many") else [judge(*t) for t in triples]
+    n = max(len(verdicts), 1)
+    return {
+        "signal_accuracy": sum(v == "a" for v in verdicts) / n,
+        "signal_inverted": sum(v == "b" for v in verdicts) / n,
+        "signal_unsure": sum(v is None for v in verdicts) / n,
+    }

@@ -1,0 +1,1 @@
+"""Multi-stage runs: iterative SSO (and, later, PoFT -> DPO)."""

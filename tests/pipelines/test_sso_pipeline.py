@@ -1,0 +1,88 @@
+"""prefalign-sso end to end on a tiny model: two iterations, the previous policy as reference, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from prefalign.data.records import DataError
+from prefalign.pipelines.sso import load_prompt_splits
+
+TRAIN = '["objective=sso","data=tiny_preference","data.max_length=2048","data.batch_size=4","trainer.max_epochs=1","optimizer.lr=1e-4","logger=csv","callbacks.progress_bar=null"]'
+ARGS = [
+    "iterations=2",
+    "prompts.limit=16",
+    "sampling.max_new_tokens=12",
+    "sampling.batch_size=8",
+    "allocation.max_new_tokens=8",
+    f"train_overrides={TRAIN}",
+]
+
+
+def _run(cwd, cache, *extra):
+    env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd), "PREFALIGN_CACHE": cache}
+    result = subprocess.run(
+        [sys.executable, "-m", "prefalign.pipelines.sso", *ARGS, *extra],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, session_cache):
+    _run(tmp_path, session_cache)
+    work = tmp_path / "logs" / "sso" / "default"
+    report = json.loads((work / "report.json").read_text())
+    assert [r["iteration"] for r in report] == [1, 2]
+    assert all(r["samples"] == 8 and "train/weight" in r and "length/chosen" in r for r in report)
+    second = json.loads((work / "iter_2" / "train.done.json").read_text())
+    assert second["reference"] == str(work / "iter_1" / "policy")  # pi_1 is iteration 2's reference
+    assert (work / "iter_2" / "policy" / "model.safetensors").exists()
+    allocation = json.loads((work / "iter_1" / "allocate.done.json").read_text())
+    assert (
+        allocation["allocated"] == 8
+        and allocation["fallbacks"]
+        + sum(
+            1
+            for r in map(json.loads, (work / "iter_1" / "allocated.jsonl").read_text().splitlines())
+            if not r["fallback"]
+        )
+        == 8
+    )
+
+    # as if killed after sampling in iteration 2: training and evaluation are redone, sampling is not
+    samples = (work / "iter_2" / "preferences.jsonl").read_text()
+    sample_marker = (work / "iter_2" / "sample.done.json").stat().st_mtime_ns
+    (work / "iter_2" / "train.done.json").unlink()
+    (work / "iter_2" / "evaluate.done.json").unlink()
+    log = _run(tmp_path, session_cache)
+    assert "iteration 2: sample already done, skipping" in log
+    assert "iteration 2: train" in log and "iteration 1: train" not in log.replace(
+        "iteration 1: train already", ""
+    )
+    assert (work / "iter_2" / "preferences.jsonl").read_text() == samples
+    assert (work / "iter_2" / "sample.done.json").stat().st_mtime_ns == sample_marker
+
+
+def test_an_empty_prompt_set_is_an_error(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "  "}) + "\n")
+    with pytest.raises(DataError, match="0 usable prompts cannot be split into 3 iterations"):
+        load_prompt_splits({"path": str(path)}, 3, 0)
+
+
+def test_prompts_are_split_into_equal_seeded_parts(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "prompt": f"q{i}"}) + "\n" for i in range(10)))
+    splits = load_prompt_splits({"path": str(path)}, 3, seed=1)
+    assert [len(s) for s in splits] == [3, 3, 3]
+    assert len({p["id"] for s in splits for p in s}) == 9
+    assert splits == load_prompt_splits({"path": str(path)}, 3, seed=1)
