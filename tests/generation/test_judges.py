@@ -1,0 +1,40 @@
+"""The Table 15 judge asks both orders and is unsure when they disagree; signal accuracy counts verdicts."""
+
+from __future__ import annotations
+
+from prefalign.generation.judges import LLMJudge, signal_accuracy
+from prefalign.generation.sampling import Generation
+
+
+class _ScriptedGenerator:
+    """Answers the judge prompts from a script: one answer per (prompt, order)."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.seen = []
+
+    def generate(self, conversations, config):
+        self.seen.extend(conversations)
+        return [
+            Generation(text=self.answers.pop(0), num_tokens=1, hit_max_new_tokens=False)
+            for _ in conversations
+        ]
+
+
+def test_both_orders_must_agree():
+    # per item: the answer with (a, b) shown as (m, M), then with (b, a)
+    generator = _ScriptedGenerator(["m", "M", "M", "m", "m", "m", "garbage", "M"])
+    judge = LLMJudge(generator)
+    verdicts = judge.judge_many(
+        [("p1", "a1", "b1"), ("p2", "a2", "b2"), ("p3", "a3", "b3"), ("p4", "a4", "b4")]
+    )
+    assert verdicts == ["a", "b", None, None]
+    first, swapped = generator.seen[0][1]["content"], generator.seen[1][1]["content"]
+    assert first.index("a1") < first.index("b1") and swapped.index("b1") < swapped.index("a1")
+    assert judge.config.temperature == 0.0
+
+
+def test_signal_accuracy_counts_verdicts():
+    verdicts = iter(["a", "a", "b", None])
+    stats = signal_accuracy(lambda p, a, b: next(verdicts), [("p", "a", "b")] * 4)
+    assert stats == {"signal_accuracy": 0.5, "signal_inverted": 0.25, "signal_unsure": 0.25}
