@@ -86,6 +86,8 @@ def test_every_experiment_runs_one_fast_step(experiment, compose_train):
     text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
     if "noise:" in text:
         overrides.append("data.noise.num_samples=8")
+    if "override /objective: dpo" in text:  # preference objectives train on preference data
+        overrides += ["data=tiny_preference", "data.train.limit=16", "data.val.limit=8"]
     cfg = compose_train(overrides)
     assert cfg.model.tiny is not None and cfg.trainer.devices == 1
     metrics = run_task(train, cfg)

@@ -187,3 +187,26 @@ def test_pairwise_objective_needs_its_sequences(tiny_model_and_tokenizer, sso_da
         .objective_output(batch)
         .loss()
     )
+
+
+def test_two_stage_recipe_dpo_from_the_first_stage_export(compose_train, tmp_path):
+    """PoFT paper Table 3 at tiny scale: a first-stage SFT run, then DPO from its Hugging Face export."""
+    first = compose_train(["trainer.max_steps=2", "logger=csv"], output="stage1")
+    run_task(train, first)
+    export = tmp_path / "stage1" / "hf"
+    second = compose_train(
+        [
+            "objective=dpo",
+            "data=tiny_preference",
+            "data.train.limit=16",
+            "data.val=null",
+            "model=hf",
+            f"model.name_or_path={export}",
+            "model.dtype=float32",
+            "trainer.max_steps=2",
+            "logger=csv",
+        ],
+        output="stage2",
+    )
+    assert "train/rewards/margins" in run_task(train, second)
+    assert second.reference.model.name_or_path == str(export)  # the first stage is DPO's reference
