@@ -1,0 +1,51 @@
+"""The SSO appendix A.1.4 offline dataset builder."""
+
+from __future__ import annotations
+
+from prefalign.data.offline_builder import build_offline_dataset
+
+
+class _Judge:
+    """Prefers the rejected response when its text contains 'better', is unsure on 'unsure'."""
+
+    def judge_many(self, items):
+        return ["b" if "better" in b else None if "unsure" in b else "a" for _, _, b in items]
+
+
+def _pair(i, prompt, chosen, rejected):
+    return {"id": f"p{i}", "prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+ROWS = [
+    _pair(0, "q0", "a long good answer", "bad"),  # chosen longer
+    _pair(1, "q0", "a long good answer", "bad"),  # duplicate
+    _pair(2, "q1", "good", "x" * 3100),  # length gap > 3000
+    _pair(3, "q2", "good", "this one is better"),  # a judge prefers the rejected
+    _pair(4, "q3", "good", "unsure reply"),  # a judge's orders disagree
+    _pair(5, "q4", "ok", "a longer bad answer"),  # chosen shorter
+    _pair(6, "q5", "a long good answer", "bad"),  # chosen longer
+    _pair(7, "q5", "another long good answer", "bad"),  # a second pair for q5
+    _pair(8, "q6", "same", "size"),  # equal lengths
+]
+
+
+def test_each_step_removes_what_appendix_a14_says_and_counts_it():
+    kept, report = build_offline_dataset(ROWS, judges=[_Judge(), _Judge()], seed=0)
+    counts = dict(report.drops.counts)
+    assert counts["duplicate"] == 1 and counts["length_gap"] == 1
+    assert counts["judge0_prefers_rejected"] == 1 and counts["judge0_unsure"] == 1
+    assert counts["extra_pair_for_query"] == 1
+    # after one pair per query: chosen longer for q0 and q5, shorter for q4, equal for q6 -> balance to 1 + 1
+    assert counts["length_balance"] == 1
+    longer = [r for r in kept if len(r["chosen"]) > len(r["rejected"])]
+    shorter = [r for r in kept if len(r["chosen"]) < len(r["rejected"])]
+    assert len(longer) == len(shorter) == 1 and len({r["prompt"] for r in kept}) == len(kept)
+    assert report.remaining == {"input": 9, "prefiltered": 7, "judged": 5, "balanced": 3}
+    assert len(kept) + report.drops.dropped == len(ROWS)  # nothing lost without a count
+
+
+def test_unsure_pairs_can_be_kept_and_the_result_is_seeded():
+    kept, report = build_offline_dataset(ROWS, judges=[_Judge()], remove_unsure=False, seed=3)
+    assert "judge0_unsure" not in report.drops.counts
+    again, _ = build_offline_dataset(ROWS, judges=[_Judge()], remove_unsure=False, seed=3)
+    assert [r["id"] for r in kept] == [r["id"] for r in again]
