@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+HEADS = ("causal_lm", "reward")
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,9 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
     lora: Mapping[str, Any] | None = None,
+    head: str = "causal_lm",
 ) -> PreTrainedModel:
-    """Load a causal LM.
+    """Load a causal LM, or with ``head="reward"`` the same backbone with a scalar reward head.
 
     Args:
         dtype: ``float32`` | ``bfloat16`` | ``float16`` (weights' dtype; mixed precision is the
@@ -177,6 +179,8 @@ def load_causal_lm(
         attn_implementation: ``sdpa`` (default), ``eager``, or ``flash_attention_2`` (gpu extra).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
         gguf_file: load (dequantised) weights from this GGUF file inside ``name_or_path``.
+        head: ``causal_lm`` (the language-model head) or ``reward`` (a one-output sequence
+            classification head on the last non-pad token, for Bradley-Terry reward models).
         lora: peft ``LoraConfig`` arguments (``r``, ``lora_alpha``, ``lora_dropout``,
             ``target_modules``...); ``None`` trains all weights.
     """
@@ -201,7 +205,16 @@ def load_causal_lm(
     }
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if head not in HEADS:
+        raise ValueError(f"model.head must be one of {HEADS}, got {head!r}")
+    if head == "reward":
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **kwargs)
+        if model.config.pad_token_id is None:  # the head reads the last non-pad token
+            model.config.pad_token_id = model.config.eos_token_id
+    else:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -211,7 +224,9 @@ def load_causal_lm(
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **dict(lora)))
+        model = get_peft_model(
+            model, LoraConfig(task_type="SEQ_CLS" if head == "reward" else "CAUSAL_LM", **dict(lora))
+        )
     return model
 
 
@@ -234,5 +249,6 @@ def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, P
         trust_remote_code=bool(cfg.get("trust_remote_code", False)),
         gguf_file=cfg.get("gguf_file"),
         lora=cfg.get("lora"),
+        head=cfg.get("head", "causal_lm"),
     )
     return model, tokenizer

@@ -87,3 +87,20 @@ class MultiSequenceModule(AlignmentModule):
         ).logits
         policy = split_by_sequence(sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows), names)
         return self.objective(policy, self._reference(batch, names), batch)
+
+
+class RewardModelModule(AlignmentModule):
+    """Trains a scalar reward head (``model.head=reward``) on preference pairs in one forward pass.
+
+    The model scores every (prompt, response) sequence of the batch; the rewards are split by
+    sequence name and passed to the objective (e.g. :class:`prefalign.objectives.reward.BradleyTerry`).
+    """
+
+    def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
+        names = list(batch["sequences"])
+        rewards = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
+            :, 0
+        ]
+        size = rewards.shape[0] // len(names)
+        by_name = {name: rewards[k * size : (k + 1) * size] for k, name in enumerate(names)}
+        return self.objective(by_name, None, batch)

@@ -4,11 +4,13 @@ from prefalign.objectives.base import ObjectiveOutput, SingleSequenceObjective
 from prefalign.objectives.ce import CrossEntropy
 from prefalign.objectives.pairwise import MultiSequenceObjective, PairwisePreference
 from prefalign.objectives.poft import BiPoFT, PoFT
+from prefalign.objectives.reward import BradleyTerry
 from prefalign.objectives.sso import SSO
 
 __all__ = [
     "SSO",
     "BiPoFT",
+    "BradleyTerry",
     "CrossEntropy",
     "MultiSequenceObjective",
     "PairwisePreference",
