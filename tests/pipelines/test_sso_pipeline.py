@@ -37,12 +37,22 @@ def _run(cwd, cache, *extra):
     return result.stdout + result.stderr
 
 
+JUDGE = (
+    "+judge={_target_: prefalign.generation.judges.LLMJudge.from_model_config, "
+    "model: {tiny: {template: chatml, seed: 5}, cache_dir: ${paths.cache_dir}/models}}"
+)
+
+
 def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, session_cache):
-    _run(tmp_path, session_cache)
+    _run(tmp_path, session_cache, JUDGE.replace("+judge", "judge"))
     work = tmp_path / "logs" / "sso" / "default"
     report = json.loads((work / "report.json").read_text())
     assert [r["iteration"] for r in report] == [1, 2]
     assert all(r["samples"] == 8 and "train/weight" in r and "length/chosen" in r for r in report)
+    # the tiny judge answers nonsense, so every pair is "unsure", and counted as such
+    assert all(
+        r["signal_unsure"] + r["signal_accuracy"] + r["signal_inverted"] == pytest.approx(1.0) for r in report
+    )
     second = json.loads((work / "iter_2" / "train.done.json").read_text())
     assert second["reference"] == str(work / "iter_1" / "policy")  # pi_1 is iteration 2's reference
     assert (work / "iter_2" / "policy" / "model.safetensors").exists()

@@ -7,7 +7,8 @@ orders and answers only when the two orders agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from prefalign.generation.principles import judge_messages, parse_judge_answer
 from prefalign.generation.sampling import HFGenerator, SamplingConfig
@@ -21,6 +22,14 @@ class LLMJudge:
     def __init__(self, generator: HFGenerator, max_new_tokens: int = 4) -> None:
         self.generator = generator
         self.config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+
+    @classmethod
+    def from_model_config(cls, model: Mapping[str, Any], max_new_tokens: int = 4) -> LLMJudge:
+        """A judge on the causal LM described by a ``model`` config (e.g. from ``judge:`` in ``conf/sso.yaml``)."""
+        from prefalign.models.loading import load_model_and_tokenizer
+
+        judge_model, tokenizer = load_model_and_tokenizer(dict(model))
+        return cls(HFGenerator(judge_model.eval(), tokenizer), max_new_tokens)
 
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[str | None]:
         """Verdicts for (prompt, a, b) triples: "a", "b" or None."""
