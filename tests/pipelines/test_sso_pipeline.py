@@ -12,7 +12,7 @@ import pytest
 from prefalign.data.records import DataError
 from prefalign.pipelines.sso import load_prompt_splits
 
-TRAIN = '["objective=sso","data=tiny_preference","data.max_length=2048","data.batch_size=4","trainer.max_epochs=1","optimizer.lr=1e-4","logger=csv","callbacks.progress_bar=null"]'
+TRAIN = '["data=tiny_preference","data.max_length=2048","data.batch_size=4","trainer.max_epochs=1","optimizer.lr=1e-4","logger=csv","callbacks.progress_bar=null"]'
 ARGS = [
     "iterations=2",
     "prompts.limit=16",

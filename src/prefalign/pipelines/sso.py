@@ -232,6 +232,8 @@ class SSOPipeline:
         previous = self.policy_model_cfg(i - 1)
         out = self.iteration_dir(i) / "train"
         overrides = [
+            f"objective={self.cfg.objective}",
+            *self.cfg.objective_overrides,
             *self.cfg.train_overrides,
             f"data.train.path={self.iteration_dir(i) / 'preferences.jsonl'}",
             "data.val=null",
