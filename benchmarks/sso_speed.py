@@ -33,15 +33,32 @@ SPEC = TinySpec(
 )
 
 
-def sso_records(path: Path, n: int, full_principles: bool) -> Path:
-    """SSO records from the bundled pairs, with the paper's Accuracy principles or one-line ones."""
+def sso_records(path: Path, n: int, full_principles: bool, response_chars: int = 0) -> Path:
+    """SSO records from the bundled pairs, with the paper's Accuracy principles or one-line ones.
+
+    ``response_chars`` > 0 repeats every response up to about that many characters, so that
+    response lengths are closer to real chat data (UltraFeedback answers run to a few hundred tokens).
+    """
     accuracy = load_principles()["Accuracy"]
     good = principle_system_message(accuracy, True) if full_principles else "Be accurate."
     bad = principle_system_message(accuracy, False) if full_principles else "Be inaccurate."
+
+    def stretch(text: str) -> str:
+        return " ".join([text] * max(1, response_chars // (len(text) + 1))) if response_chars else text
+
     rows = []
     for line in Path(bundled("tiny_pref_train.jsonl")).read_text().splitlines()[:n]:
         r = json.loads(line)
-        rows.append({**r, "original": r["chosen"].split(" is ")[-1], "system_good": good, "system_bad": bad})
+        rows.append(
+            {
+                **r,
+                "chosen": stretch(r["chosen"]),
+                "rejected": stretch(r["rejected"]),
+                "original": stretch(r["chosen"].split(" is ")[-1]),
+                "system_good": good,
+                "system_bad": bad,
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -135,8 +152,15 @@ def main() -> None:
     # One-line principles: the six sequences are about as long as DPO's two, the comparison the
     # target assumes. The paper's principles: ~730-character system messages on x+ / x-, here on
     # very short synthetic answers, so SSO processes many more tokens than DPO.
-    for name, full in (("step_time_short_principles", False), ("step_time_paper_principles", True)):
-        data = sso_records(RESULTS.parent / "sso_records.tmp.jsonl", args.steps * args.batch_size, full)
+    scenarios = (
+        ("step_time_short_principles", False, 0),
+        ("step_time_paper_principles", True, 0),
+        ("step_time_paper_principles_long_responses", True, 1500),
+    )
+    for name, full, response_chars in scenarios:
+        data = sso_records(
+            RESULTS.parent / "sso_records.tmp.jsonl", args.steps * args.batch_size, full, response_chars
+        )
         try:
             result[name] = step_ratio(model, tokenizer, data, args.steps, args.batch_size)
         finally:
