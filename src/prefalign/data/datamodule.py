@@ -47,6 +47,16 @@ class DataSource:
     def from_config(cls, cfg: Mapping[str, Any] | str) -> DataSource:
         return cls(path=cfg) if isinstance(cfg, str) else cls(**dict(cfg))
 
+    def load(self) -> datasets.Dataset:
+        """The raw rows of this source (see :func:`prefalign.data.records.load_raw`)."""
+        return load_raw(
+            self.path,
+            split=self.split,
+            subset=self.subset,
+            revision=self.revision,
+            data_files=self.data_files,
+        )
+
 
 def load_conversations(
     source: DataSource,
@@ -63,13 +73,7 @@ def load_conversations(
     hand-crafted noise samples described by ``noise`` (a :class:`prefalign.data.noise.NoiseConfig`
     mapping; PoFT paper §4.3), labelled by a boolean ``noise`` column (``False`` on the other splits).
     """
-    raw = load_raw(
-        source.path,
-        split=source.split,
-        subset=source.subset,
-        revision=source.revision,
-        data_files=source.data_files,
-    )
+    raw = source.load()
     ds, report = normalise_records(raw, columns, source.path, on_invalid=on_invalid, num_proc=num_proc)
     if source.limit is not None:
         ds = ds.select(range(min(source.limit, len(ds))))

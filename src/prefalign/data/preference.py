@@ -23,7 +23,7 @@ import torch
 from prefalign.data.batching import pad_collate
 from prefalign.data.chat import TemplateError, encode_conversation
 from prefalign.data.datamodule import ChatDataModule, DataSource
-from prefalign.data.records import DataError, DropReport, content_id, load_raw
+from prefalign.data.records import DataError, DropReport, content_id
 
 log = logging.getLogger(__name__)
 
@@ -308,13 +308,7 @@ class PreferenceDataModule(ChatDataModule):
 
     def build(self, split: str) -> tuple[datasets.Dataset, DropReport]:
         source: DataSource = self.sources[split]
-        raw = load_raw(
-            source.path,
-            split=source.split,
-            subset=source.subset,
-            revision=source.revision,
-            data_files=source.data_files,
-        )
+        raw = source.load()
         ds, report = normalise_preferences(
             raw, self.columns, required_fields(self.sequences), source.path, self.on_invalid
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 _WORDS = [
@@ -78,12 +78,12 @@ def generate_conversations(n: int, seed: int = 0) -> Iterator[dict]:
         yield {"id": f"syn-{seed}-{index}", "messages": messages}
 
 
-def write_jsonl(path: str | Path, n: int, seed: int) -> Path:
-    """Write ``n`` generated conversations to ``path`` as JSON lines."""
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write ``records`` to ``path`` as JSON lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for record in generate_conversations(n, seed):
+        for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
@@ -113,19 +113,9 @@ def generate_preferences(n: int, seed: int = 0) -> Iterator[dict]:
         }
 
 
-def write_preferences_jsonl(path: str | Path, n: int, seed: int) -> Path:
-    """Write ``n`` generated preference records to ``path`` as JSON lines."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for record in generate_preferences(n, seed):
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
-
-
 if __name__ == "__main__":  # regenerate the bundled files
     here = Path(__file__).parent / "bundled"
-    write_jsonl(here / "tiny_chat_train.jsonl", 512, seed=0)
-    write_jsonl(here / "tiny_chat_val.jsonl", 64, seed=1)
-    write_preferences_jsonl(here / "tiny_pref_train.jsonl", 256, seed=2)
-    write_preferences_jsonl(here / "tiny_pref_val.jsonl", 32, seed=3)
+    write_jsonl(here / "tiny_chat_train.jsonl", generate_conversations(512, seed=0))
+    write_jsonl(here / "tiny_chat_val.jsonl", generate_conversations(64, seed=1))
+    write_jsonl(here / "tiny_pref_train.jsonl", generate_preferences(256, seed=2))
+    write_jsonl(here / "tiny_pref_val.jsonl", generate_preferences(32, seed=3))
