@@ -299,8 +299,6 @@ class PreferenceDataModule(ChatDataModule):
         reference: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.pop("required_columns", None)
-        kwargs.pop("aligned", None)
         super().__init__(tokenizer, train, val, columns=None, **kwargs)
         self.columns = PreferenceColumns.from_config(columns)
         self.sequences = tuple(sequences)
