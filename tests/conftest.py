@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -59,3 +61,31 @@ def _clean_process_group():
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@pytest.fixture
+def run_app(session_cache):
+    """Run one of the project's apps (``python -m <module> <args>``) in ``cwd``, W&B offline.
+
+    Returns the ``CompletedProcess``; outputs go under ``cwd`` (``PREFALIGN_ROOT``), built models
+    to the session cache.
+    """
+
+    def run(module, args, cwd, timeout=600, **env):
+        environment = {
+            **os.environ,
+            "WANDB_MODE": "offline",
+            "PREFALIGN_ROOT": str(cwd),
+            "PREFALIGN_CACHE": session_cache,
+            **env,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

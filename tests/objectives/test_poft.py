@@ -81,6 +81,17 @@ CONVERSATIONS = [
 ]
 
 
+def _scored_batch(tokenizer):
+    """The three conversations, tokenised and padded, with aligned scores around the tiny model's own."""
+    samples = []
+    for i, messages in enumerate(CONVERSATIONS):
+        enc = encode_conversation(tokenizer, messages, 512, str(i))
+        samples.append({"id": str(i), "input_ids": enc.input_ids, "labels": enc.labels})
+    batch = pad_collate(samples, tokenizer.pad_token_id)
+    batch["aligned_score"] = torch.tensor([-5.0, -5.6, -5.3])
+    return batch
+
+
 def _grads(model, loss):
     model.zero_grad()
     loss.backward()
@@ -90,12 +101,7 @@ def _grads(model, loss):
 def test_poft_gradient_is_tau_times_sample_mean_ce_gradient(tiny_model_and_tokenizer):
     """∂L_PoFT/∂θ = τ · ∂L_CE/∂θ per sample, with L_CE = -(1/T0) log p(y|x) (eq. 7–8)."""
     model, tokenizer = tiny_model_and_tokenizer
-    samples = []
-    for i, messages in enumerate(CONVERSATIONS):
-        enc = encode_conversation(tokenizer, messages, 512, str(i))
-        samples.append({"id": str(i), "input_ids": enc.input_ids, "labels": enc.labels})
-    batch = pad_collate(samples, tokenizer.pad_token_id)
-    batch["aligned_score"] = torch.tensor([-5.0, -5.6, -5.3])
+    batch = _scored_batch(tokenizer)
 
     def policy():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -117,12 +123,7 @@ def test_scored_tokens_all_averages_every_non_pad_token_like_the_official_code(t
     from prefalign.modules import SingleSequenceModule
 
     model, tokenizer = tiny_model_and_tokenizer
-    samples = []
-    for i, messages in enumerate(CONVERSATIONS):
-        enc = encode_conversation(tokenizer, messages, 512, str(i))
-        samples.append({"id": str(i), "input_ids": enc.input_ids, "labels": enc.labels})
-    batch = pad_collate(samples, tokenizer.pad_token_id)
-    batch["aligned_score"] = torch.tensor([-5.0, -5.6, -5.3])
+    batch = _scored_batch(tokenizer)
     official = SingleSequenceModule(model, PoFT(scored_tokens="all"), optimizer=None).objective_output(batch)
     paper = SingleSequenceModule(model, PoFT(), optimizer=None).objective_output(batch)
     with torch.no_grad():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,19 +33,7 @@ def test_two_process_ddp_spawn_shards_batches_and_returns_metrics(compose_train)
     assert ckpt["global_step"] == 3
 
 
-def _cli(args, cwd, timeout=400):
-    env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "prefalign.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def test_two_process_fsdp2_trains_saves_sharded_checkpoints_and_resumes(tmp_path, session_cache):
+def test_two_process_fsdp2_trains_saves_sharded_checkpoints_and_resumes(tmp_path, session_cache, run_app):
     common = [
         "trainer=fsdp2",
         "trainer.accelerator=cpu",
@@ -59,14 +44,22 @@ def test_two_process_fsdp2_trains_saves_sharded_checkpoints_and_resumes(tmp_path
         "callbacks.progress_bar=null",
         f"paths.cache_dir={session_cache}",
     ]
-    first = _cli([*common, "trainer.max_epochs=1", "hydra.run.dir=run1"], tmp_path)
+    first = run_app(
+        "prefalign.train",
+        [*common, "trainer.max_epochs=1", "hydra.run.dir=run1"],
+        tmp_path,
+        OMP_NUM_THREADS="1",
+    )
     assert first.returncode == 0, first.stderr[-4000:]
     checkpoint = tmp_path / "run1" / "checkpoints" / "epoch_000.ckpt"
     assert checkpoint.is_dir()  # a distributed (sharded) checkpoint
     assert (checkpoint / "meta.pt").exists()
     assert len(list(checkpoint.glob("*.distcp"))) == 2  # one shard per rank
-    resumed = _cli(
-        [*common, "trainer.max_epochs=2", f"ckpt_path={checkpoint}", "hydra.run.dir=run2"], tmp_path
+    resumed = run_app(
+        "prefalign.train",
+        [*common, "trainer.max_epochs=2", f"ckpt_path={checkpoint}", "hydra.run.dir=run2"],
+        tmp_path,
+        OMP_NUM_THREADS="1",
     )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     meta = torch.load(

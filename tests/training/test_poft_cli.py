@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -13,26 +10,29 @@ from omegaconf import OmegaConf
 DATA = ["data.train.limit=48", "data.val.limit=16", "data.batch_size=8"]
 
 
-def _run(module, args, cwd, cache):
-    env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd), "PREFALIGN_CACHE": cache}
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+@pytest.fixture
+def run_ok(run_app):
+    """Run an app and require it to succeed."""
+
+    def run(module, args, cwd):
+        result = run_app(module, args, cwd)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result
+
+    return run
 
 
 @pytest.fixture
-def scored(tmp_path, session_cache):
+def scored(tmp_path, run_ok):
     scores = tmp_path / "scores"
-    out = _run("prefalign.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path, session_cache)
+    out = run_ok("prefalign.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path)
     return scores, out
 
 
-def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, session_cache, scored):
+def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, scored, run_ok):
     scores, first = scored
     assert (first.stdout + first.stderr).count("cache_hit=False") == 4  # 2 members x (train, val)
-    again = _run("prefalign.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path, session_cache)
+    again = run_ok("prefalign.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path)
     assert (again.stdout + again.stderr).count("cache_hit=True") == 4
 
     common = [
@@ -43,11 +43,10 @@ def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, session_c
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar=null",
     ]
-    _run(
+    run_ok(
         "prefalign.train",
         [*common, "hydra.run.dir=poft", "callbacks.metric_histograms.every_n_steps=1"],
         tmp_path,
-        session_cache,
     )
     # the W&B offline run holds the tau histograms (history rows are JSON inside the .wandb file)
     (run_file,) = (tmp_path / "poft" / "wandb").glob("offline-run-*/run-*.wandb")
@@ -66,11 +65,10 @@ def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, session_c
     ):
         assert any(r.get(key) for r in rows), key
 
-    _run(
+    run_ok(
         "prefalign.train",
         ["-m", "aligned.aggregation=avg,min,max", *common, "logger=csv"],
         tmp_path,
-        session_cache,
     )
     runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/[0-9]"))
     assert len(runs) == 3
@@ -86,27 +84,9 @@ def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, session_c
     assert len(r_agg) == 3  # three different aggregated scores
 
 
-def test_poft_without_cached_scores_fails_with_the_command_to_run(tmp_path, session_cache):
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_ROOT": str(tmp_path),
-        "PREFALIGN_CACHE": session_cache,
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prefalign.train",
-            *DATA,
-            f"aligned.cache_dir={tmp_path / 'empty'}",
-            "objective=poft",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+def test_poft_without_cached_scores_fails_with_the_command_to_run(tmp_path, run_app):
+    result = run_app(
+        "prefalign.train", [*DATA, f"aligned.cache_dir={tmp_path / 'empty'}", "objective=poft"], tmp_path
     )
     assert result.returncode != 0
     assert "prefalign-score" in result.stdout + result.stderr

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -109,20 +106,9 @@ def test_bad_config_values_fail_at_start_up_naming_the_key(compose_train, overri
         train(cfg)
 
 
-def _cli(args, cwd, timeout=300):
-    env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd)}
-    return subprocess.run(
-        [sys.executable, "-m", "prefalign.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def test_multirun_over_two_learning_rates_produces_two_runs(tmp_path, session_cache):
-    result = _cli(
+def test_multirun_over_two_learning_rates_produces_two_runs(tmp_path, session_cache, run_app):
+    result = run_app(
+        "prefalign.train",
         [
             "-m",
             "optimizer.lr=1e-3,3e-3",
