@@ -1,7 +1,8 @@
 """SSO benchmarks, measured side by side in one process; results to ``results/sso_speed.json``.
 
 (a) SSO training step (six sequences per sample) over DPO training step (two), same model and
-    prompt batch, reference log-probs precomputed (target <= 3.3).
+    prompt batch, reference log-probs precomputed (target <= 3.3); both with shared-prompt rows
+    (the default: each prompt computed once) and with one padded row per sequence.
 (b) Generation throughput in new tokens per second: batched, left-padded, length-sorted sampling
     against one prompt at a time.
 
@@ -63,9 +64,14 @@ def sso_records(path: Path, n: int, full_principles: bool, response_chars: int =
     return path
 
 
-def batches(tokenizer, path: Path, sequences, batch_size: int, n: int) -> list[dict]:
+def batches(tokenizer, path: Path, sequences, batch_size: int, n: int, share_prompts: bool) -> list[dict]:
     dm = PreferenceDataModule(
-        tokenizer, train={"path": str(path)}, sequences=sequences, max_length=2048, batch_size=batch_size
+        tokenizer,
+        train={"path": str(path)},
+        sequences=sequences,
+        max_length=2048,
+        batch_size=batch_size,
+        share_prompts=share_prompts,
     )
     dm.setup()
     out = []
@@ -79,11 +85,11 @@ def batches(tokenizer, path: Path, sequences, batch_size: int, n: int) -> list[d
     return out
 
 
-def step_ratio(model, tokenizer, data: Path, steps: int, batch_size: int) -> dict:
+def step_ratio(model, tokenizer, data: Path, steps: int, batch_size: int, share_prompts: bool) -> dict:
     sso, dpo = SSO(), PairwisePreference("dpo", 0.1)
     # DPO uses only the (x, y+, y-) sequences of the same samples, so both see the same prompts
-    sso_batches = batches(tokenizer, data, sso.sequences, batch_size, steps)
-    dpo_batches = batches(tokenizer, data, dpo.sequences, batch_size, steps)
+    sso_batches = batches(tokenizer, data, sso.sequences, batch_size, steps, share_prompts)
+    dpo_batches = batches(tokenizer, data, dpo.sequences, batch_size, steps, share_prompts)
     modules = {
         "sso": (MultiSequenceModule(model, sso, optimizer=None), sso_batches),
         "dpo": (MultiSequenceModule(model, dpo, optimizer=None), dpo_batches),
@@ -111,7 +117,7 @@ def step_ratio(model, tokenizer, data: Path, steps: int, batch_size: int) -> dic
         "sso_step_s": statistics.median(times["sso"]),
         "dpo_step_s": statistics.median(times["dpo"]),
         "ratio_sso_over_dpo": statistics.median(paired),
-        "padded_token_ratio_sso_over_dpo": tokens["sso"] / tokens["dpo"],
+        "input_token_ratio_sso_over_dpo": tokens["sso"] / tokens["dpo"],
     }
 
 
@@ -162,7 +168,10 @@ def main() -> None:
             RESULTS.parent / "sso_records.tmp.jsonl", args.steps * args.batch_size, full, response_chars
         )
         try:
-            result[name] = step_ratio(model, tokenizer, data, args.steps, args.batch_size)
+            result[name] = {
+                layout: step_ratio(model, tokenizer, data, args.steps, args.batch_size, share)
+                for layout, share in (("shared_prompt_rows", True), ("padded_rows", False))
+            }
         finally:
             data.unlink(missing_ok=True)
     result["generation"] = generation_throughput(model, tokenizer, args.prompts, args.max_new_tokens, 16)

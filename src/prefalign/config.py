@@ -129,6 +129,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     _positive(cfg, "data.eval_batch_size", allow_none=True)
     _check_source(cfg, "data.train")
     _check_source(cfg, "data.val")
+    attention = OmegaConf.select(cfg, "model.attn_implementation", default="sdpa")
+    if OmegaConf.select(cfg, "data.share_prompts", default=False) and attention not in ("sdpa", "eager"):
+        raise ConfigError(
+            f"config key `data.share_prompts`: shared-prompt rows need a custom attention mask, which "
+            f"model.attn_implementation={attention} does not take; set data.share_prompts=false"
+        )
     warmup = OmegaConf.select(cfg, "scheduler.warmup_ratio", default=0.0)
     if not isinstance(warmup, (int, float)) or not 0.0 <= warmup < 1.0:
         raise ConfigError(f"config key `scheduler.warmup_ratio` must be in [0, 1), got {warmup!r}")

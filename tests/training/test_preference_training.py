@@ -40,7 +40,7 @@ def sso_data(tmp_path):
     return path
 
 
-def _batch(tokenizer, path, sequences, reference=None):
+def _batch(tokenizer, path, sequences, reference=None, share_prompts=True):
     dm = PreferenceDataModule(
         tokenizer,
         train={"path": str(path), "limit": 8},
@@ -48,6 +48,7 @@ def _batch(tokenizer, path, sequences, reference=None):
         reference=reference,
         max_length=1024,
         batch_size=4,
+        share_prompts=share_prompts,
     )
     dm.setup()
     return next(iter(dm.train_dataloader()))
@@ -61,12 +62,13 @@ class _Capture(SSO):
         return super().forward(policy, reference, batch)
 
 
-def test_one_concatenated_forward_equals_separate_forwards(tiny_model_and_tokenizer, sso_data):
+@pytest.mark.parametrize("share_prompts", [False, True], ids=["padded_rows", "shared_prompt_rows"])
+def test_one_concatenated_forward_equals_separate_forwards(tiny_model_and_tokenizer, sso_data, share_prompts):
     model, tokenizer = tiny_model_and_tokenizer
-    batch = _batch(tokenizer, sso_data, SSO_SEQUENCES)
     module = MultiSequenceModule(model, _Capture(), optimizer=None, reference_model=model)
-    module.objective_output(batch)
+    module.objective_output(_batch(tokenizer, sso_data, SSO_SEQUENCES, share_prompts=share_prompts))
     policy = module.objective.policy
+    batch = _batch(tokenizer, sso_data, SSO_SEQUENCES, share_prompts=False)  # one row per sequence
     size = len(batch["id"])
     for k, name in enumerate(SSO_SEQUENCES):
         rows = slice(k * size, (k + 1) * size)
@@ -174,6 +176,14 @@ def test_mismatched_objective_and_data_are_a_config_error(compose_train):
         train(compose_train(["objective=dpo", "data=tiny_chat"]))
     with pytest.raises(ConfigError, match="chat data"):
         train(compose_train(["objective=ce", "data=tiny_preference"]))
+
+
+def test_shared_prompt_rows_with_flash_attention_are_a_config_error(compose_train):
+    cfg = compose_train(
+        ["objective=dpo", "data=tiny_preference", "model.attn_implementation=flash_attention_2"]
+    )
+    with pytest.raises(ConfigError, match="data.share_prompts=false"):
+        train(cfg)
 
 
 def test_pairwise_objective_needs_its_sequences(tiny_model_and_tokenizer, sso_data):

@@ -23,6 +23,7 @@ import torch
 from prefalign.data.batching import pad_collate
 from prefalign.data.chat import TemplateError, encode_conversation
 from prefalign.data.datamodule import ChatDataModule, DataSource
+from prefalign.data.packing import collate_shared_prompts
 from prefalign.data.records import DataError, DropReport, content_id
 
 log = logging.getLogger(__name__)
@@ -257,19 +258,24 @@ def attach_reference(
 
 
 def collate_sequences(
-    samples: list[dict[str, Any]], sequences: Sequence[str], pad_token_id: int
+    samples: list[dict[str, Any]], sequences: Sequence[str], pad_token_id: int, share_prompts: bool = False
 ) -> dict[str, Any]:
-    """Stack every sequence of every sample into one padded batch, sequence-major.
+    """Batch every sequence of every sample for one forward pass, sequence-major.
 
-    Rows ``k*B .. (k+1)*B`` hold sequence ``sequences[k]`` of the ``B`` samples, so one forward pass
-    scores all of them. Reference columns become ``(B,)`` tensors.
+    Without ``share_prompts``, rows ``k*B .. (k+1)*B`` hold sequence ``sequences[k]`` of the ``B``
+    samples, each padded to the longest. With it, the sequences that share a prompt share one row
+    and the prompt is computed once (:func:`prefalign.data.packing.collate_shared_prompts`); scores
+    come out in the same sequence-major order. Reference columns become ``(B,)`` tensors.
     """
-    flat = [
-        {"id": s["id"], "input_ids": s[f"{name}.input_ids"], "labels": s[f"{name}.labels"]}
-        for name in sequences
-        for s in samples
-    ]
-    batch = pad_collate(flat, pad_token_id)
+    if share_prompts:
+        batch = collate_shared_prompts(samples, sequences, pad_token_id)
+    else:
+        flat = [
+            {"id": s["id"], "input_ids": s[f"{name}.input_ids"], "labels": s[f"{name}.labels"]}
+            for name in sequences
+            for s in samples
+        ]
+        batch = pad_collate(flat, pad_token_id)
     batch["id"] = [s["id"] for s in samples]
     batch["sequences"] = list(sequences)
     for key in samples[0]:
@@ -287,6 +293,8 @@ class PreferenceDataModule(ChatDataModule):
         sequences: the sequence names the objective needs (set by the training app).
         reference: ``{model: <model config>, cache_dir, score_missing, batch_size}`` for precomputed
             reference log-probs, or ``None`` when the module computes them live (or needs none).
+        share_prompts: pack the sequences that share a prompt into one row, the prompt computed
+            once (:mod:`prefalign.data.packing`; needs ``sdpa`` or ``eager`` attention).
     """
 
     def __init__(
@@ -297,12 +305,14 @@ class PreferenceDataModule(ChatDataModule):
         columns=None,
         sequences: Sequence[str] = ("x|y+", "x|y-"),
         reference: Mapping[str, Any] | None = None,
+        share_prompts: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(tokenizer, train, val, columns=None, **kwargs)
         self.columns = PreferenceColumns.from_config(columns)
         self.sequences = tuple(sequences)
         self.reference = reference
+        self.share_prompts = share_prompts
 
     def build(self, split: str) -> tuple[datasets.Dataset, DropReport]:
         source: DataSource = self.sources[split]
@@ -325,5 +335,8 @@ class PreferenceDataModule(ChatDataModule):
 
     def collate_fn(self):
         return functools.partial(
-            collate_sequences, sequences=self.sequences, pad_token_id=self.tokenizer.pad_token_id
+            collate_sequences,
+            sequences=self.sequences,
+            pad_token_id=self.tokenizer.pad_token_id,
+            share_prompts=self.share_prompts,
         )

@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from prefalign.data.packing import shared_prompt_attention_mask
 from prefalign.modules.base import AlignmentModule
 from prefalign.objectives.base import ObjectiveOutput
 from prefalign.objectives.pairwise import MultiSequenceObjective
-from prefalign.scoring.logprobs import SequenceLogProbs, sequence_logprobs
+from prefalign.scoring.logprobs import SequenceLogProbs, gathered_sequence_logprobs, sequence_logprobs
 
 
 def split_by_sequence(scores: SequenceLogProbs, names: list[str]) -> dict[str, SequenceLogProbs]:
@@ -55,15 +56,38 @@ class MultiSequenceModule(AlignmentModule):
             reference_model.eval().requires_grad_(False) if reference_model is not None else None
         )
 
+    def _score(self, model: PreTrainedModel, batch: Mapping[str, Any]) -> SequenceLogProbs:
+        """Log-prob sum and count of every sequence of the batch under ``model``, sequence-major."""
+        if "segment_ids" in batch:  # shared-prompt rows (prefalign.data.packing)
+            mask = shared_prompt_attention_mask(
+                batch["segment_ids"], model.config._attn_implementation, model.dtype
+            )
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=mask,
+                position_ids=batch["position_ids"],
+                use_cache=False,
+            ).logits
+            return gathered_sequence_logprobs(
+                logits,
+                batch["target_row"],
+                batch["target_position"],
+                batch["target_token"],
+                batch["target_slot"],
+                batch["num_slots"],
+                chunk_tokens=None
+                if self.logprob_chunk_rows is None
+                else self.logprob_chunk_rows * batch["input_ids"].shape[1],
+            )
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
+        return sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows)
+
     def _reference(self, batch: Mapping[str, Any], names: list[str]) -> dict[str, SequenceLogProbs] | None:
         if self.reference_model is not None:
             with torch.no_grad():
-                logits = self.reference_model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-                ).logits
-                return split_by_sequence(
-                    sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows), names
-                )
+                return split_by_sequence(self._score(self.reference_model, batch), names)
         if f"ref.{names[0]}.sum" not in batch:
             if self.objective.needs_reference:
                 raise KeyError(
@@ -82,10 +106,7 @@ class MultiSequenceModule(AlignmentModule):
             raise KeyError(
                 f"the batch lacks sequence(s) {missing} that {type(self.objective).__name__} needs"
             )
-        logits = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
-        policy = split_by_sequence(sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows), names)
+        policy = split_by_sequence(self._score(self.model, batch), names)
         return self.objective(policy, self._reference(batch, names), batch)
 
 
@@ -97,6 +118,11 @@ class RewardModelModule(AlignmentModule):
     """
 
     def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
+        if "segment_ids" in batch:
+            raise ValueError(
+                "reward-model training reads each sequence's last token and needs one row per sequence: "
+                "set data.share_prompts=false"
+            )
         names = list(batch["sequences"])
         rewards = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
             :, 0

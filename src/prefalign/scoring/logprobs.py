@@ -72,3 +72,37 @@ def sequence_logprobs(
     """
     logps, mask = token_logprobs(logits, labels, chunk_rows)
     return SequenceLogProbs(sum=logps.sum(-1), count=mask.sum(-1))
+
+
+def gathered_sequence_logprobs(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    tokens: torch.Tensor,
+    slots: torch.Tensor,
+    num_slots: int,
+    chunk_tokens: int | None = None,
+) -> SequenceLogProbs:
+    """Sum and count of response-token log-probs from explicitly indexed logits (fp32).
+
+    For layouts where the logits predicting a token are not simply those of the previous position
+    (shared-prompt rows, :mod:`prefalign.data.packing`): token ``tokens[i]`` is scored by
+    ``logits[rows[i], positions[i]]`` and added to sequence ``slots[i]`` of ``num_slots``. Only the
+    response positions go through the log-softmax, ``chunk_tokens`` at a time (``None``: all) to
+    bound the fp32 copy.
+    """
+    step = len(tokens) if chunk_tokens is None else max(1, chunk_tokens)
+    pieces = [
+        -F.cross_entropy(
+            logits[rows[i : i + step], positions[i : i + step]].float(),
+            tokens[i : i + step],
+            reduction="none",
+        )
+        for i in range(0, len(tokens), step)
+    ]
+    logps = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+    sums = torch.zeros(num_slots, dtype=torch.float32, device=logits.device).index_add(0, slots, logps)
+    counts = torch.zeros(num_slots, dtype=torch.long, device=logits.device).index_add(
+        0, slots, torch.ones_like(slots)
+    )
+    return SequenceLogProbs(sum=sums, count=counts)
