@@ -53,6 +53,13 @@ def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, 
     assert all(
         r["signal_unsure"] + r["signal_accuracy"] + r["signal_inverted"] == pytest.approx(1.0) for r in report
     )
+    # the pipeline's own W&B run holds one point per iteration (offline: one folder per opening)
+    run_files = sorted((work / "wandb").glob("offline-run-*/run-*.wandb"))
+    run_id = (work / "wandb_run_id").read_text().strip()
+    assert len(run_files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in run_files)
+    assert all(
+        b"sso/length/chosen" in f.read_bytes() and b"sso/train/weight" in f.read_bytes() for f in run_files
+    )
     second = json.loads((work / "iter_2" / "train.done.json").read_text())
     assert second["reference"] == str(work / "iter_1" / "policy")  # pi_1 is iteration 2's reference
     assert (work / "iter_2" / "policy" / "model.safetensors").exists()

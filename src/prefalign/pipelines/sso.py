@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -245,6 +246,10 @@ class SSOPipeline:
         with open_dict(train_cfg):
             train_cfg.model = OmegaConf.create(previous)
             train_cfg.reference.model = OmegaConf.create(previous)  # π_{i-1}: frozen within the iteration
+        if self.cfg.get("wandb") and "wandb" in (train_cfg.get("logger") or {}):
+            with open_dict(train_cfg):  # the iterations' runs sit together with the pipeline's run
+                train_cfg.logger.wandb.group = self.cfg.wandb.group
+                train_cfg.logger.wandb.name = f"{self.cfg.run_name}-iter{i}"
         metrics = run_task(train, train_cfg)
         return {"metrics": metrics, "reference": previous.get("name_or_path") or "tiny"}
 
@@ -283,12 +288,49 @@ class SSOPipeline:
                     log.info("iteration %d: %s already done, skipping", i, stage)
                     continue
                 log.info("iteration %d: %s", i, stage)
+                if stage == "evaluate":  # a new report: log it to W&B even if an earlier one was
+                    (self.iteration_dir(i) / "wandb.done").unlink(missing_ok=True)
                 stats = self.allocate(i, splits[i - 1]) if stage == "allocate" else getattr(self, stage)(i)
                 self.mark_done(i, stage, stats)
             reports.append(self.done(i, "evaluate"))
             log.info("iteration %d: %s", i, json.dumps(reports[-1], default=str))
+            self.log_to_wandb(i, reports[-1])
         (self.work_dir / "report.json").write_text(json.dumps(reports, indent=2, default=str))
         return reports
+
+    # -- W&B ---------------------------------------------------------------------------------------
+    def log_to_wandb(self, i: int, report: Mapping[str, Any]) -> None:
+        """Log iteration ``i``'s report to the pipeline's W&B run (once: a resumed run skips it).
+
+        The run is opened for each iteration and closed again, since every iteration's training
+        run opens and closes its own; its id is kept in ``work_dir/wandb_run_id``, so all iterations
+        (and a resumed pipeline) log to the same run, one point per ``iteration``.
+        """
+        marker = self.iteration_dir(i) / "wandb.done"
+        if not self.cfg.get("wandb") or marker.exists():
+            return
+        import wandb
+
+        from prefalign.train import choose_wandb_mode
+
+        choose_wandb_mode()
+        id_file = self.work_dir / "wandb_run_id"
+        if not id_file.exists():
+            id_file.write_text(secrets.token_hex(4))
+        numbers = {k: v for k, v in report.items() if isinstance(v, (int, float)) and k != "iteration"}
+        with wandb.init(
+            id=id_file.read_text().strip(),
+            resume="allow",
+            dir=str(self.work_dir),
+            name=f"{self.cfg.run_name}-pipeline",
+            job_type="sso-pipeline",
+            config=OmegaConf.to_container(self.cfg, resolve=True),
+            **OmegaConf.to_container(self.cfg.wandb, resolve=True),
+        ) as run:
+            run.define_metric("iteration")
+            run.define_metric("sso/*", step_metric="iteration")
+            run.log({"iteration": i, **{f"sso/{k}": v for k, v in numbers.items()}})
+        marker.touch()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sso")
