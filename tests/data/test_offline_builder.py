@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from prefalign.data.offline_builder import build_offline_dataset
 
 
@@ -49,3 +52,44 @@ def test_unsure_pairs_can_be_kept_and_the_result_is_seeded():
     assert "judge0_unsure" not in report.drops.counts
     again, _ = build_offline_dataset(ROWS, judges=[_Judge()], remove_unsure=False, seed=3)
     assert [r["id"] for r in kept] == [r["id"] for r in again]
+
+
+class KeywordJudge(_Judge):
+    """The test judge, importable by the command line (``_target_: tests.data...``) through its module."""
+
+
+def test_prompt_conversations_group_as_one_query():
+    conversation = [{"role": "user", "content": "q"}]
+    rows = [_pair(0, conversation, "good", "poor"), _pair(1, list(conversation), "fine", "vile")]
+    kept, report = build_offline_dataset(rows)
+    assert report.drops.counts["extra_pair_for_query"] == 1 and kept[0]["prompt"] == conversation
+
+
+def test_command_line_builds_from_iteration_files_with_judges(tmp_path, run_app):
+    for i, rows in enumerate((ROWS[:5], ROWS[5:]), 1):
+        folder = tmp_path / "logs" / "sso" / "default" / f"iter_{i}"
+        folder.mkdir(parents=True)
+        (folder / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judge = "{_target_: test_offline_builder.KeywordJudge}"
+    result = run_app(
+        "prefalign.build_offline",
+        [f"judges=[{judge},{judge}]"],
+        tmp_path,
+        PYTHONPATH=str(Path(__file__).parent),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "logs" / "build_offline" / "offline_pairs.jsonl"
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    expected, _ = build_offline_dataset(ROWS, judges=[_Judge(), _Judge()], seed=0)
+    assert [r["id"] for r in kept] == [r["id"] for r in expected]
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["remaining"]["input"] == 9 and report["judges"] == 2
+    assert sum(report["dropped"].values()) + len(kept) == 9
+
+
+def test_command_line_names_the_file_and_line_of_a_bad_pair(tmp_path, run_app):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({"id": "x9", "prompt": "q", "chosen": "a"}) + "\n")
+    result = run_app("prefalign.build_offline", [f"inputs=[{bad}]"], tmp_path)
+    assert result.returncode != 0
+    assert f"{bad}: line 2 (id=x9): missing or empty ['rejected']" in result.stderr

@@ -10,6 +10,7 @@ longer as pairs whose chosen response is shorter. Every removal is counted by re
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,8 +26,14 @@ class BuildReport:
     drops: DropReport = field(default_factory=DropReport)
 
 
+def _prompt_key(row: dict) -> str:
+    """The query of a pair: its prompt text, or the JSON text of a prompt conversation."""
+    prompt = row["prompt"]
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
 def _key(row: dict) -> tuple[str, str, str]:
-    return row["prompt"], row["chosen"], row["rejected"]
+    return _prompt_key(row), row["chosen"], row["rejected"]
 
 
 def build_offline_dataset(
@@ -76,7 +83,7 @@ def build_offline_dataset(
     rng = random.Random(seed)
     by_prompt: dict[str, list[dict]] = {}
     for row in kept:
-        by_prompt.setdefault(row["prompt"], []).append(row)
+        by_prompt.setdefault(_prompt_key(row), []).append(row)
     one_per_query = []
     for prompt_rows in by_prompt.values():
         choice = rng.randrange(len(prompt_rows))

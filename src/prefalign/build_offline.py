@@ -1,0 +1,80 @@
+"""``prefalign-build-offline``: the SSO paper's offline preference dataset (appendix A.1.4).
+
+Examples::
+
+    prefalign-build-offline                                         # the default SSO run's pairs, no judge
+    prefalign-build-offline 'inputs=[logs/sso/llama/iter_*/preferences.jsonl]' \\
+        'judges=[{_target_: prefalign.generation.judges.LLMJudge.from_model_config, model: {name_or_path: <judge>}}]'
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from prefalign.config import ConfigError, config_dir, register_resolvers
+from prefalign.data.offline_builder import build_offline_dataset
+from prefalign.data.records import DataError
+
+log = logging.getLogger(__name__)
+register_resolvers()
+REQUIRED = ("id", "prompt", "chosen", "rejected")
+
+
+def read_pairs(patterns: list[str]) -> list[dict]:
+    """Every preference pair of the files matching ``patterns``, checked for the fields the builder reads."""
+    files = sorted({f for pattern in patterns for f in glob.glob(pattern)})
+    if not files:
+        raise ConfigError(f"config key `inputs`: no file matches {patterns}")
+    rows = []
+    for file in files:
+        for line_no, line in enumerate(Path(file).read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{file}: line {line_no}: not JSON ({err.msg})") from err
+            missing = [k for k in REQUIRED if not isinstance(row.get(k), (str, list)) or not row.get(k)]
+            if missing:
+                raise DataError(f"{file}: line {line_no} (id={row.get('id')}): missing or empty {missing}")
+            rows.append(row)
+    log.info("read %d pairs from %d file(s)", len(rows), len(files))
+    return rows
+
+
+def build(cfg: DictConfig) -> dict:
+    """Build the dataset; returns the report (also written next to the output)."""
+    rows = read_pairs(list(cfg.inputs))
+    judges = [hydra.utils.instantiate(j) for j in cfg.judges]
+    kept, report = build_offline_dataset(
+        rows, judges, int(cfg.max_char_diff), bool(cfg.remove_unsure), int(cfg.seed)
+    )
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    summary = {
+        "remaining": report.remaining,
+        "dropped": dict(report.drops.counts),
+        "judges": len(judges),
+        "inputs": OmegaConf.to_container(cfg.inputs, resolve=True),
+        "output": str(output),
+    }
+    output.with_suffix(".report.json").write_text(json.dumps(summary, indent=2))
+    log.info("kept %d of %d pairs -> %s; %s", len(kept), len(rows), output, report.drops.summary("removed"))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="build_offline")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    build(cfg)
+
+
+if __name__ == "__main__":
+    main()
