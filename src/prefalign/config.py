@@ -75,12 +75,78 @@ def package_file(package: str, pattern: str | None = None) -> str:
     return matches[0]
 
 
+def hydra_run_info() -> dict:
+    """What Hydra knows about this run and the config does not hold: the chosen config groups,
+    the command-line overrides, the mode and, in a multirun, the sweep folder and job number.
+
+    Empty outside a Hydra app. Logged with the config (``_hydra``) and used by the W&B
+    group / tags / name resolvers below.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    choices = {
+        k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if not k.startswith("hydra/")
+    }
+    multirun = str(hc.mode).endswith("MULTIRUN")
+    info = {
+        "mode": "multirun" if multirun else "run",
+        "choices": choices,
+        "overrides": list(hc.overrides.task),
+        "experiment": choices.get("experiment") or choices.get("sso_experiment"),
+    }
+    if multirun:
+        info["sweep_dir"] = str(hc.sweep.dir)
+        info["sweep"] = Path(str(hc.sweep.dir)).name
+        info["job_num"] = hc.job.get("num")
+        info["override_dirname"] = hc.job.get("override_dirname")
+    return info
+
+
+def wandb_group(task: str = "run") -> str | None:
+    """``${wandb_group:${task_name}}``: every job of one multirun in one group,
+    ``<experiment or task>/<sweep folder>``; a single run of an ``experiment=`` config in the group
+    ``<experiment>``; other single runs in none (``None``)."""
+    info = hydra_run_info()
+    if info.get("mode") == "multirun":
+        return f"{info['experiment'] or task}/{info['sweep']}"
+    return info.get("experiment")
+
+
+def wandb_tags(tags: object = ()) -> list[str]:
+    """``${wandb_tags:${tags}}``: the configured tags plus ``experiment:<name>`` and, in a multirun,
+    ``multirun`` and ``sweep:<sweep folder>`` (W&B filters runs by tag)."""
+    out = [str(t) for t in (tags or [])]
+    info = hydra_run_info()
+    if info.get("experiment"):
+        out.append(f"experiment:{info['experiment']}")
+    if info.get("mode") == "multirun":
+        out += ["multirun", f"sweep:{info['sweep']}"]
+    return list(dict.fromkeys(t[:64] for t in out))  # W&B tags are at most 64 characters
+
+
+def wandb_name(default: str) -> str:
+    """``${wandb_name:${task_name}}``: ``default``, or ``<default>-<job number>`` in a multirun (the
+    job's overrides are in the logged config, ``_hydra.overrides``, for the W&B run table)."""
+    info = hydra_run_info()
+    return f"{default}-{info['job_num']}" if info.get("mode") == "multirun" else default
+
+
 def register_resolvers() -> None:
-    """Register ``${bundled:...}`` and ``${package_file:...}`` (idempotent)."""
-    if not OmegaConf.has_resolver("bundled"):
-        OmegaConf.register_new_resolver("bundled", bundled)
-    if not OmegaConf.has_resolver("package_file"):
-        OmegaConf.register_new_resolver("package_file", package_file)
+    """Register ``${bundled:...}``, ``${package_file:...}`` and the W&B run resolvers
+    ``${wandb_group:}``, ``${wandb_tags:...}``, ``${wandb_name:...}`` (idempotent)."""
+    resolvers = {
+        "bundled": bundled,
+        "package_file": package_file,
+        "wandb_group": wandb_group,
+        "wandb_tags": wandb_tags,
+        "wandb_name": wandb_name,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def _require(cfg: DictConfig, key: str) -> object:

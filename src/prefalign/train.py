@@ -22,7 +22,13 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from prefalign.config import ConfigError, config_dir, register_resolvers, validate_train_config
+from prefalign.config import (
+    ConfigError,
+    config_dir,
+    hydra_run_info,
+    register_resolvers,
+    validate_train_config,
+)
 from prefalign.data.preference import PreferenceDataModule
 from prefalign.models.loading import load_model_and_tokenizer
 from prefalign.objectives.pairwise import MultiSequenceObjective
@@ -124,6 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, strategy=build_strategy(cfg.trainer, model), logger=loggers, callbacks=callbacks
     )
     config = OmegaConf.to_container(cfg, resolve=True)
+    config["_hydra"] = hydra_run_info()  # chosen groups, command-line overrides, sweep (not in cfg)
     for logger in loggers:
         logger.log_hyperparams(config)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
