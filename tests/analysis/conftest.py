@@ -1,0 +1,134 @@
+"""Small artefacts made once per session with the project's own apps, at tiny size.
+
+``artefacts`` runs, under one folder (``PREFALIGN_ROOT``), W&B offline:
+
+- ``prefalign-score`` of the bundled tiny chats (48 train + 16 noise samples, 16 val) with the
+  tiny two-member ensemble, into ``scores/``;
+- ``prefalign-train objective=ce`` (CSV only) and ``objective=poft`` (W&B offline + CSV, τ / margin
+  histograms and the sample table every 2 batches), two epochs each, into
+  ``logs/train/runs/{ce,poft}``;
+- ``prefalign-sso`` with two iterations of 4 prompts, 8 new tokens and the tiny LLM judge, into
+  ``logs/sso/default``.
+
+The notebooks and the W&B tests read them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+NOISE = "data.noise={num_samples: 16, seed: 0}"
+DATA = ["data.train.limit=48", "data.val.limit=16", NOISE]
+NOISE_SAMPLES = 16
+TRAIN_SAMPLES = 48 + NOISE_SAMPLES
+SSO_TRAIN = (
+    '["data=tiny_preference","data.max_length=2048","data.batch_size=4","trainer.max_epochs=1",'
+    '"optimizer.lr=1e-4","logger=csv","callbacks.progress_bar=null"]'
+)
+JUDGE = (
+    "judge={_target_: prefalign.generation.judges.LLMJudge.from_model_config, "
+    "model: {tiny: {template: chatml, seed: 5}, cache_dir: ${paths.cache_dir}/models}}"
+)
+
+
+@dataclass
+class Artefacts:
+    """Where the session's artefacts are, and the overrides that made them."""
+
+    root: Path
+    score_overrides: list[str]
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def score_root(self) -> Path:
+        return self.root / "scores"
+
+    def run(self, name: str) -> Path:
+        return self.logs / "train" / "runs" / name
+
+    @property
+    def sso(self) -> Path:
+        return self.logs / "sso" / "default"
+
+
+def _start(module: str, args: list[str], root: Path, cache: str) -> tuple[str, subprocess.Popen]:
+    """Start an app; one thread each, as up to three run side by side on small machines."""
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PREFALIGN_ROOT": str(root),
+        "PREFALIGN_CACHE": cache,
+        "OMP_NUM_THREADS": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return f"{module} {args}", process
+
+
+def _wait(*started: tuple[str, subprocess.Popen]) -> None:
+    for command, process in started:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, f"{command}\n{stderr[-4000:]}"
+
+
+@pytest.fixture(scope="session")
+def artefacts(tmp_path_factory, session_cache) -> Artefacts:
+    """The session's tiny score cache, CE and PoFT runs and SSO run (see the module docstring)."""
+    root = tmp_path_factory.mktemp("artefacts")
+    score_overrides = [*DATA, f"aligned.cache_dir={root / 'scores'}"]
+    common = [
+        *score_overrides,
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress_bar=null",
+        "callbacks.hf_export=null",
+        "optimizer.lr=3e-3",
+    ]
+    sso_args = [
+        "iterations=2",
+        "prompts.limit=8",
+        "sampling.max_new_tokens=8",
+        "sampling.batch_size=8",
+        "allocation.max_new_tokens=8",
+        f"train_overrides={SSO_TRAIN}",
+        JUDGE,
+        "hydra.run.dir=logs/sso_hydra",
+    ]
+    # score, CE and SSO side by side (tiny models are written to the cache atomically); PoFT after score
+    score = _start(
+        "prefalign.score", [*score_overrides, "trainer.enable_progress_bar=false"], root, session_cache
+    )
+    ce = _start(
+        "prefalign.train",
+        [*common, "objective=ce", "logger=csv", "hydra.run.dir=logs/train/runs/ce"],
+        root,
+        session_cache,
+    )
+    sso = _start("prefalign.pipelines.sso", sso_args, root, session_cache)
+    _wait(score)
+    poft = [
+        *common,
+        "objective=poft",
+        "callbacks.metric_histograms.every_n_steps=2",
+        "callbacks.sample_table.every_n_steps=2",
+        "callbacks.sample_table.max_rows=6",
+        "tags=[dev,notebooks]",
+        "hydra.run.dir=logs/train/runs/poft",
+    ]
+    _wait(_start("prefalign.train", poft, root, session_cache), ce, sso)
+    return Artefacts(root=root, score_overrides=score_overrides)
