@@ -8,7 +8,36 @@ from hydra.core.global_hydra import GlobalHydra
 
 from prefalign.config import config_dir, register_resolvers
 
-EXPERIMENTS = sorted(p.stem for p in (config_dir() / "sso_experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "sso_experiment").glob("sso_*.yaml"))
+
+
+def _compose_sso(overrides):
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="sso", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("variant", "objective", "objective_overrides"),
+    [
+        ("sso", "sso", []),
+        ("pbaa", "pbaa", []),
+        ("wo_w", "sso", ["objective.use_weight=false"]),
+        ("wo_g", "sso", ["objective.use_steering=false"]),
+    ],
+)
+def test_cpu_study_variants_choose_the_table5_objectives(variant, objective, objective_overrides, tmp_path):
+    cfg = _compose_sso(
+        ["sso_experiment=cpu_world_sso", f"variant={variant}", "seed=2", f"paths.root_dir={tmp_path}"]
+    )
+    assert (cfg.objective, list(cfg.objective_overrides)) == (objective, objective_overrides)
+    assert cfg.run_name == f"{variant}_seed2" and cfg.iterations == 3
+    assert cfg.model.name_or_path == f"{tmp_path}/policy/sft"
+    assert cfg.principles.path.endswith("principles_correctness.yaml")
+    assert cfg.judge.path == cfg.prompts.path == f"{tmp_path}/data/verifiable_principled/prompts.jsonl"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

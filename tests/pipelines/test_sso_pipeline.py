@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from prefalign.data.records import DataError
+from prefalign.data.verifiable import write_world
 from prefalign.pipelines.sso import load_prompt_splits
 
 TRAIN = '["data=tiny_preference","data.max_length=2048","data.batch_size=4","trainer.max_epochs=1","optimizer.lr=1e-4","logger=csv","callbacks.progress_bar=null"]'
@@ -37,6 +38,7 @@ def _run(cwd, cache, *extra):
     return result.stdout + result.stderr
 
 
+EXACT_MATCH = "prefalign.data.verifiable.exact_match_report"
 JUDGE = (
     "+judge={_target_: prefalign.generation.judges.LLMJudge.from_model_config, "
     "model: {tiny: {template: chatml, seed: 5}, cache_dir: ${paths.cache_dir}/models}}"
@@ -44,10 +46,17 @@ JUDGE = (
 
 
 def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, session_cache):
-    _run(tmp_path, session_cache, JUDGE.replace("+judge", "judge"))
+    write_world(tmp_path / "world", train=1, val=1, test=6, families=["upper"])
+    heldout = (
+        f"heldout={{path: {tmp_path / 'world' / 'test.jsonl'}, metric: {EXACT_MATCH}, max_new_tokens: 8}}"
+    )
+    _run(tmp_path, session_cache, JUDGE.replace("+judge", "judge"), heldout)
     work = tmp_path / "logs" / "sso" / "default"
     report = json.loads((work / "report.json").read_text())
     assert [r["iteration"] for r in report] == [1, 2]
+    # each policy pi_i answers the held-out records; iteration 1 also reports pi_0
+    assert all(r["heldout/n"] == 6 and 0 <= r["heldout/exact_match"] <= 1 for r in report)
+    assert "initial_heldout/exact_match" in report[0] and "initial_heldout/exact_match" not in report[1]
     assert all(r["samples"] == 8 and "train/weight" in r and "length/chosen" in r for r in report)
     # the tiny judge answers nonsense, so every pair is "unsure", and counted as such
     assert all(

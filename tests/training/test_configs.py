@@ -7,7 +7,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from prefalign.config import config_dir, register_resolvers
+from prefalign.config import bundled, config_dir, register_resolvers
+from prefalign.data.verifiable import write_principled, write_world
 from prefalign.train import choose_wandb_mode, run_task, train
 
 CONF = config_dir()
@@ -24,6 +25,7 @@ GROUPS = [
     "hparams_search",
 ]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+PRINCIPLES = bundled("principles_correctness.yaml")
 
 
 def _options(group):
@@ -81,13 +83,21 @@ STAND_INS = [
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_runs_one_fast_step(experiment, compose_train):
+def test_every_experiment_runs_one_fast_step(experiment, compose_train, tmp_path):
     overrides = [f"experiment={experiment}", "debug=fdr", *STAND_INS]
     text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
     if "noise:" in text:
         overrides.append("data.noise.num_samples=8")
     if "override /objective: dpo" in text:  # preference objectives train on preference data
         overrides += ["data=tiny_preference", "data.train.limit=16", "data.val.limit=8"]
+    if experiment.startswith("cpu_world"):  # the CPU studies: a small verifiable world under paths.data_dir
+        write_world(tmp_path / "data" / "verifiable_world", train=16, val=8, test=8, families=["upper"])
+        write_principled(tmp_path / "data" / "verifiable_principled", PRINCIPLES, 16, 8, 8, 8)
+        overrides += [
+            f"callbacks.{name}.limit=4"
+            for name in ("exact_match", "exact_match_good", "exact_match_bad")
+            if f"{name}:" in text or name == "exact_match"
+        ]
     cfg = compose_train(overrides)
     assert cfg.model.tiny is not None and cfg.trainer.devices == 1
     metrics = run_task(train, cfg)

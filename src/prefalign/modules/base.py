@@ -73,8 +73,11 @@ class AlignmentModule(L.LightningModule):
         fully_shard(self.model, mesh=dp_mesh, mp_policy=mp_policy)
 
     # -- steps ------------------------------------------------------------------------------------
-    def _log_output(self, stage: str, output: ObjectiveOutput, loss: torch.Tensor, batch_size: int) -> None:
+    def _log_output(
+        self, stage: str, output: ObjectiveOutput, loss: torch.Tensor, batch: Mapping[str, Any]
+    ) -> None:
         """``train/*`` per step; ``val/*`` as epoch means over all ranks."""
+        batch_size = len(batch["id"])
         per_step = stage == "train"
         options = {
             "on_step": per_step,
@@ -87,18 +90,33 @@ class AlignmentModule(L.LightningModule):
             self.log(f"{stage}/{name}", value.float().mean(), **options)
         for name in getattr(self.objective, "distribution_metrics", ()):
             self.log(f"{stage}/{name}_std", output.metrics[name].float().std(unbiased=False), **options)
+        if per_step and isinstance(batch.get("noise"), torch.Tensor):  # no sync: ranks may differ
+            self._log_by_noise(stage, output, batch["noise"].bool(), options)
+
+    def _log_by_noise(
+        self, stage: str, output: ObjectiveOutput, noise: torch.Tensor, options: dict[str, Any]
+    ) -> None:
+        """With a ``noise`` column (hand-crafted noise mixed in), the distribution metrics (τ, margin)
+        also as means over the clean and the noise samples: ``<stage>/<name>_clean``, ``..._noise``."""
+        for subset, mask in (("clean", ~noise), ("noise", noise)):
+            count = int(mask.sum())
+            if count == 0:
+                continue
+            for name in getattr(self.objective, "distribution_metrics", ()):
+                value = output.metrics[name].float()[mask.to(output.metrics[name].device)].mean()
+                self.log(f"{stage}/{name}_{subset}", value, **{**options, "batch_size": count})
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         output = self.objective_output(batch)
         loss = output.loss()
-        self._log_output("train", output, loss, len(batch["id"]))
+        self._log_output("train", output, loss, batch)
         # callbacks (histograms, sample tables) see the per-example metrics
         return {"loss": loss, "metrics": output.metrics}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         output = self.objective_output(batch)
         loss = output.loss()
-        self._log_output("val", output, loss, len(batch["id"]))
+        self._log_output("val", output, loss, batch)
         return loss
 
     # -- optimisation -----------------------------------------------------------------------------

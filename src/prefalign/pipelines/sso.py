@@ -271,7 +271,20 @@ class SSOPipeline:
 
             judge = hydra.utils.instantiate(self.cfg.judge)
             report.update(signal_accuracy(judge, [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]))
+        if self.cfg.get("heldout"):
+            report.update({f"heldout/{k}": v for k, v in self.heldout(i).items()})
+            if i == 1:  # the starting policy's figure, for the iteration-0 row of a study's table
+                report.update({f"initial_heldout/{k}": v for k, v in self.heldout(0).items()})
         return report
+
+    def heldout(self, i: int) -> dict[str, float]:
+        """π_i's metric on the ``heldout`` records (:class:`prefalign.training.callbacks.GenerationEval`)."""
+        from prefalign.training.callbacks import GenerationEval
+
+        evaluation = GenerationEval(**OmegaConf.to_container(self.cfg.heldout, resolve=True))
+        generator = self.generator(i)
+        values, _ = evaluation.evaluate(generator.model, generator.tokenizer)
+        return values
 
     # -- driver ------------------------------------------------------------------------------------
     def run(self) -> list[dict]:

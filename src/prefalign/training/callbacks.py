@@ -108,3 +108,133 @@ class ExportHF(L.Callback):
                 tokenizer.save_pretrained(self.dirpath)
             log.info("exported the trained model to %s", self.dirpath)
         trainer.strategy.barrier()
+
+
+class GenerationEval(L.Callback):
+    """Generates answers to held-out prompts at the end of every ``every_n_epochs`` training epochs
+    and logs a metric of them (the CPU studies' exact match, per epoch, as the papers evaluate).
+
+    The prompts are the records of a JSON-lines file: each answers its ``messages`` up to the last
+    assistant turn (or its ``prompt`` as one user turn), with the data module's tokenizer and chat
+    template, by :class:`prefalign.generation.sampling.HFGenerator` (greedy by default). ``metric``
+    takes ``(records, responses)`` and returns a number or a mapping of numbers (nested mappings
+    are flattened with ``/``), logged as ``<prefix>/<key>`` against the epoch, e.g.
+    ``val/exact_match`` from :func:`prefalign.data.verifiable.exact_match_report`. The responses of
+    every evaluation are written to ``<output_dir>/epoch_<e>.jsonl`` (``id``, ``response``).
+
+    Args:
+        path: the JSON-lines file of held-out records.
+        metric: a callable, or its dotted import path.
+        limit: first ``limit`` records only (null: all).
+        every_n_epochs: evaluate after every n-th epoch (and never inside sanity checks).
+        max_new_tokens / temperature / top_p / batch_size / seed: generation settings
+            (:class:`prefalign.generation.sampling.SamplingConfig`; temperature 0 is greedy).
+        prefix: the logged keys' prefix.
+        output_dir: where the responses go (null: not written).
+
+    Generation runs on global rank 0 with the unsharded module; sharded strategies (FSDP, FSDP2)
+    are refused at fit start.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        metric: Any,
+        limit: int | None = None,
+        every_n_epochs: int = 1,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        batch_size: int = 64,
+        seed: int = 0,
+        prefix: str = "val",
+        output_dir: str | None = None,
+    ) -> None:
+        import json
+
+        from hydra.utils import get_method
+
+        from prefalign.data.records import DataError
+
+        self.metric = get_method(metric) if isinstance(metric, str) else metric
+        self.records: list[dict[str, Any]] = []
+        with Path(path).open(encoding="utf-8") as f:
+            for line_number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}, line {line_number}: not JSON ({err.msg})") from err
+                if not record.get("messages") and not record.get("prompt"):
+                    raise DataError(f"{path}, line {line_number}: a record needs `messages` or `prompt`")
+                self.records.append(record)
+                if limit is not None and len(self.records) >= limit:
+                    break
+        if not self.records:
+            raise DataError(f"{path}: no records to evaluate on")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.path = path
+        self.every_n_epochs = every_n_epochs
+        self.sampling = dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        self.prefix = prefix
+        self.output_dir = Path(output_dir) if output_dir else None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        name = type(trainer.strategy).__name__
+        if "FSDP" in name or "ModelParallel" in name:
+            raise ValueError(f"GenerationEval needs an unsharded model; the strategy is {name}")
+
+    def evaluate(self, model: Any, tokenizer: Any) -> tuple[dict[str, float], list[str]]:
+        """The flattened metric of ``model``'s responses to the records, and the responses."""
+        from prefalign.data.verifiable import prompt_messages
+        from prefalign.generation.sampling import HFGenerator, SamplingConfig
+
+        generator = HFGenerator(model, tokenizer)
+        conversations = [prompt_messages(r) for r in self.records]
+        responses = [g.text for g in generator.generate(conversations, SamplingConfig(**self.sampling))]
+        return _flatten(self.metric(self.records, responses)), responses
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if trainer.is_global_zero:
+            values, responses = self.evaluate(pl_module.model, trainer.datamodule.tokenizer)
+            epoch = trainer.current_epoch
+            for logger in trainer.loggers:
+                logger.log_metrics(
+                    {f"{self.prefix}/{k}": v for k, v in values.items()} | {"epoch": epoch},
+                    step=trainer.global_step,
+                )
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in values.items() if "/" not in k})
+            if self.output_dir is not None:
+                import json
+
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                with (self.output_dir / f"epoch_{epoch:03d}.jsonl").open("w", encoding="utf-8") as f:
+                    for record, response in zip(self.records, responses, strict=True):
+                        f.write(json.dumps({"id": record.get("id"), "response": response}) + "\n")
+        trainer.strategy.barrier()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
+    """``{"a": 1, "b": {"c": 2}}`` -> ``{"a": 1.0, "b/c": 2.0}``; a bare number becomes ``{"metric": x}``."""
+    from collections.abc import Mapping
+
+    if not isinstance(value, Mapping):
+        return {prefix or "metric": float(value)}
+    flat: dict[str, float] = {}
+    for key, item in value.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(item, Mapping):
+            flat.update(_flatten(item, name))
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            flat[name] = float(item)
+    return flat
