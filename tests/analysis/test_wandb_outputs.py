@@ -86,21 +86,16 @@ def test_runs_are_tagged_and_the_full_config_is_logged(artefacts):
 
 
 def _dashboard_script():
-    import importlib.util
-    from pathlib import Path
+    from prefalign import wandb_dashboard
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "wandb_dashboard.py"
-    spec = importlib.util.spec_from_file_location("wandb_dashboard", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return wandb_dashboard
 
 
 def test_the_dashboard_layout_is_documented_and_its_poft_keys_are_logged(artefacts):
     from pathlib import Path
 
     script = _dashboard_script()
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "wandb_dashboard.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "notebooks" / "wandb_dashboard.md").read_text()
     history = analysis.load_wandb_history(artefacts.run("poft"))
     logged = set(history.columns) | {"train/samples"}
     for _, panels in script.LAYOUT:

@@ -9,7 +9,7 @@
   the data has a ``noise`` column): PoFT paper Figures 2 and 3d for the run's own data.
 
 Both do nothing without a W&B logger (e.g. ``logger=csv``), and both work with W&B offline. The
-metric keys they log are listed in ``docs/wandb_dashboard.md``.
+metric keys they log are listed in ``notebooks/wandb_dashboard.md``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Create the prefalign W&B dashboard (a saved workspace view) described in docs/wandb_dashboard.md.
+"""Create the prefalign W&B dashboard (a saved workspace view) described in notebooks/wandb_dashboard.md.
 
 Needs the `dashboard` extra (``pip install -e ".[dashboard]"``: wandb-workspaces), an API key and
 network access to save; nothing touches the network before ``Workspace.save()``.
 
-    python scripts/wandb_dashboard.py --entity <entity> --project prefalign          # create it
-    python scripts/wandb_dashboard.py --dry-run                                      # list panels only
+    python -m prefalign.wandb_dashboard --entity <entity> --project prefalign          # create it
+    python -m prefalign.wandb_dashboard --dry-run                                      # list panels only
 
 ``--dry-run`` builds the workspace objects offline and prints the sections, panels and metric keys.
 """
@@ -32,9 +32,14 @@ LAYOUT: list[tuple[str, list[tuple[str, str, list[str]]]]] = [
             ("tau = sigmoid(r_agg - r_theta)", "line", ["train/tau", "val/tau", "train/tau_std"]),
             ("margin r_theta - r_agg", "line", ["train/margin", "val/margin", "train/margin_std"]),
             ("r_theta vs r_agg", "line", ["train/r_theta", "train/r_agg", "val/r_theta", "val/r_agg"]),
+            ("tau on clean vs noise samples", "line", ["train/tau_clean", "train/tau_noise"]),
             ("tau histograms", "line", ["train/tau_hist"]),
             ("margin histograms", "line", ["train/margin_hist"]),
         ],
+    ),
+    (
+        "Held-out generations",
+        [("exact match per epoch", "line", ["val/exact_match", "val/no_answer"])],
     ),
     (
         "PoFT: data",
