@@ -190,69 +190,47 @@ def make_data(out: Path, size: Size) -> dict:
     return {"files": {k: str(v) for k, v in {**world, **principled}.items()}}
 
 
+def app_stage(out: Path, name: str, module: str, overrides: list[str], multirun: bool = True) -> dict:
+    """Run one app (a multirun with ``-m``) with its Hydra folder(s) in ``runs/<name>`` and its
+    output in ``logs/<name>.log``; every app writes under ``out``."""
+    folder = f"hydra.{'sweep' if multirun else 'run'}.dir={out / 'runs' / name}"
+    command = ["-m"] * multirun + [*overrides, *common_overrides(out), folder]
+    return {"app_seconds": run_app(module, command, out / "logs" / f"{name}.log")}
+
+
 def train_aligned(out: Path, size: Size) -> dict:
-    seconds = run_app(
-        "prefalign.train",
-        [
-            "-m",
-            "experiment=cpu_world_aligned",
-            "aligned_member=zephyr_bytes,llama3_bpe",
-            f"trainer.max_epochs={size.aligned_epochs}",
-            *common_overrides(out),
-            f"hydra.sweep.dir={out / 'runs' / 'aligned'}",
-        ],
-        out / "logs" / "aligned.log",
-    )
-    return {"app_seconds": seconds}
+    overrides = [
+        "experiment=cpu_world_aligned",
+        "aligned_member=zephyr_bytes,llama3_bpe",
+        f"trainer.max_epochs={size.aligned_epochs}",
+    ]
+    return app_stage(out, "aligned", "prefalign.train", overrides)
 
 
 def train_poft_grid(out: Path, size: Size) -> dict:
-    seconds = run_app(
-        "prefalign.train",
-        [
-            "-m",
-            "experiment=cpu_world_poft",
-            f"objective={joined(OBJECTIVES)}",
-            f"data.noise.num_samples={joined(size.noise)}",
-            f"seed={joined(size.seeds)}",
-            f"trainer.max_epochs={size.epochs}",
-            "aligned.score_missing=true",  # the first run of each noise rate scores it; the rest reuse the cache
-            *common_overrides(out),
-            f"hydra.sweep.dir={out / 'runs' / 'poft'}",
-        ],
-        out / "logs" / "poft.log",
-    )
-    return {"app_seconds": seconds}
+    overrides = [
+        "experiment=cpu_world_poft",
+        f"objective={joined(OBJECTIVES)}",
+        f"data.noise.num_samples={joined(size.noise)}",
+        f"seed={joined(size.seeds)}",
+        f"trainer.max_epochs={size.epochs}",
+        "aligned.score_missing=true",  # the first run of each noise rate scores it; the rest reuse the cache
+    ]
+    return app_stage(out, "poft", "prefalign.train", overrides)
 
 
 def train_policy(out: Path, size: Size) -> dict:
-    seconds = run_app(
-        "prefalign.train",
-        [
-            "experiment=cpu_world_policy",
-            f"trainer.max_epochs={size.policy_epochs}",
-            *common_overrides(out),
-            f"hydra.run.dir={out / 'runs' / 'policy'}",
-        ],
-        out / "logs" / "policy.log",
-    )
-    return {"app_seconds": seconds}
+    overrides = ["experiment=cpu_world_policy", f"trainer.max_epochs={size.policy_epochs}"]
+    return app_stage(out, "policy", "prefalign.train", overrides, multirun=False)
 
 
 def run_sso(out: Path, size: Size) -> dict:
-    seconds = run_app(
-        "prefalign.pipelines.sso",
-        [
-            "-m",
-            "sso_experiment=cpu_world_sso",
-            f"variant={joined(size.sso_variants)}",
-            f"seed={joined(size.sso_seeds)}",
-            *common_overrides(out),
-            f"hydra.sweep.dir={out / 'runs' / 'sso'}",
-        ],
-        out / "logs" / "sso.log",
-    )
-    return {"app_seconds": seconds}
+    overrides = [
+        "sso_experiment=cpu_world_sso",
+        f"variant={joined(size.sso_variants)}",
+        f"seed={joined(size.sso_seeds)}",
+    ]
+    return app_stage(out, "sso", "prefalign.pipelines.sso", overrides)
 
 
 # -- reading results ---------------------------------------------------------------------------------

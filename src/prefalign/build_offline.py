@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefalign.config import ConfigError, config_dir, register_resolvers
 from prefalign.data.offline_builder import build_offline_dataset
-from prefalign.data.records import DataError
+from prefalign.data.records import DataError, iter_jsonl
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -33,13 +33,7 @@ def read_pairs(patterns: list[str]) -> list[dict]:
         raise ConfigError(f"config key `inputs`: no file matches {patterns}")
     rows = []
     for file in files:
-        for line_no, line in enumerate(Path(file).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{file}: line {line_no}: not JSON ({err.msg})") from err
+        for line_no, row in iter_jsonl(file):
             missing = [k for k in REQUIRED if not isinstance(row.get(k), (str, list)) or not row.get(k)]
             if missing:
                 raise DataError(f"{file}: line {line_no} (id={row.get('id')}): missing or empty {missing}")

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +229,22 @@ def decode_json_records(text: str, source: str) -> DecodedArray:
             f"{source}: text after the array's closing ']' (line {line}): {text[pos : pos + 30]!r}"
         )
     return DecodedArray(records)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` for every non-blank line of a JSON-lines file.
+
+    Raises:
+        DataError: naming the file and the line when a line is not JSON.
+    """
+    with Path(path).open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {line_number}: not JSON ({err.msg})") from err
 
 
 def load_json_records(path: str | Path) -> tuple[datasets.Dataset, DropReport]:

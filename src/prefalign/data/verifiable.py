@@ -211,6 +211,17 @@ def _families(families: Sequence[str | Any] | None) -> list[Any]:
     return resolved
 
 
+def _draws(
+    n: int, seed: int, families: Sequence[str | Any] | None
+) -> Iterator[tuple[int, Task, random.Random]]:
+    """``n`` seeded draws ``(index, task, rng)``, the family chosen uniformly; ``rng`` is the draws'
+    own generator, for the caller's further random choices about the same record."""
+    pool = _families(families)
+    rng = random.Random(seed)
+    for index in range(n):
+        yield index, rng.choice(pool).make(rng), rng
+
+
 # -- follow-up questions (the second turn of a two-turn conversation) ------------------------------
 def follow_up(task: Task, rng: random.Random) -> Task:
     """A second question about ``task``'s answer, e.g. ``Now add 3 to that.``.
@@ -269,10 +280,7 @@ def generate_world(
     """
     if not 0.0 <= multi_turn_rate <= 1.0:
         raise ValueError(f"multi_turn_rate must be in [0, 1], got {multi_turn_rate}")
-    pool = _families(families)
-    rng = random.Random(seed)
-    for index in range(n):
-        task = rng.choice(pool).make(rng)
+    for index, task, rng in _draws(n, seed, families):
         messages = [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": task.response}]
         record = {"id": f"{id_prefix}-{seed}-{index}", "task": task.family, "first_task": "", "followup": ""}
         if rng.random() < multi_turn_rate:
@@ -399,17 +407,6 @@ def exact_match_report(
     }
 
 
-def generate_responses(generator: Any, records: Sequence[Mapping[str, Any]], config: Any = None) -> list[str]:
-    """Responses of a generator (:class:`prefalign.generation.sampling.HFGenerator`) to the records.
-
-    ``config`` defaults to greedy decoding with 48 new tokens.
-    """
-    from prefalign.generation.sampling import SamplingConfig
-
-    config = config or SamplingConfig(temperature=0.0, max_new_tokens=48, batch_size=64)
-    return [g.text for g in generator.generate([prompt_messages(r) for r in records], config)]
-
-
 # -- wrong answers ---------------------------------------------------------------------------------
 def _perturb(gold: str, rng: random.Random) -> str:
     """A generic wrong variant of ``gold``; words and lists change at their start.
@@ -469,10 +466,7 @@ def generate_preferences(
     n: int, seed: int = 0, families: Sequence[str | Any] | None = None, id_prefix: str = "vp"
 ) -> Iterator[dict]:
     """Yield ``n`` preference records: ``prompt``, ``chosen`` (correct), ``rejected`` (:func:`wrong_answer`)."""
-    pool = _families(families)
-    rng = random.Random(seed)
-    for index in range(n):
-        task = rng.choice(pool).make(rng)
+    for index, task, rng in _draws(n, seed, families):
         yield {
             "id": f"{id_prefix}-{seed}-{index}",
             "prompt": task.prompt,
@@ -515,10 +509,9 @@ class RuleJudge:
     @classmethod
     def from_file(cls, path: str | Path) -> RuleJudge:
         """A judge over the records of a JSON-lines file (world, principled or prompt-set records)."""
-        import json
+        from prefalign.data.records import iter_jsonl
 
-        with Path(path).open(encoding="utf-8") as f:
-            return cls([json.loads(line) for line in f if line.strip()])
+        return cls([record for _, record in iter_jsonl(path)])
 
     def __call__(self, prompt: str, response_a: str, response_b: str) -> str | None:
         if prompt not in self.gold:
@@ -575,10 +568,7 @@ def principle_conditioned_sft(
     """
     if len(condition_weights) != len(CONDITIONS):
         raise ValueError(f"condition_weights needs {len(CONDITIONS)} weights (good, bad, none)")
-    pool = _families(families)
-    rng = random.Random(seed)
-    for index in range(n):
-        task = rng.choice(pool).make(rng)
+    for index, task, rng in _draws(n, seed, families):
         condition = rng.choices(CONDITIONS, weights=condition_weights)[0]
         correct = condition == "good" or (condition == "none" and rng.random() < none_correct_rate)
         messages = []
@@ -602,10 +592,7 @@ def prompt_set(
     n: int, seed: int = 0, families: Sequence[str | Any] | None = None, id_prefix: str = "vq"
 ) -> Iterator[dict]:
     """Yield ``n`` one-turn prompts for the SSO pipeline: ``{"id", "prompt", "answer", "task"}``."""
-    pool = _families(families)
-    rng = random.Random(seed)
-    for index in range(n):
-        task = rng.choice(pool).make(rng)
+    for index, task, _ in _draws(n, seed, families):
         yield {
             "id": f"{id_prefix}-{seed}-{index}",
             "prompt": task.prompt,

@@ -272,9 +272,10 @@ class SSOPipeline:
             judge = hydra.utils.instantiate(self.cfg.judge)
             report.update(signal_accuracy(judge, [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]))
         if self.cfg.get("heldout"):
-            report.update({f"heldout/{k}": v for k, v in self.heldout(i).items()})
             if i == 1:  # the starting policy's figure, for the iteration-0 row of a study's table
                 report.update({f"initial_heldout/{k}": v for k, v in self.heldout(0).items()})
+            # π_i last: its loaded copy then serves the next iteration's allocation and sampling
+            report.update({f"heldout/{k}": v for k, v in self.heldout(i).items()})
         return report
 
     def heldout(self, i: int) -> dict[str, float]:

@@ -150,27 +150,18 @@ class GenerationEval(L.Callback):
         prefix: str = "val",
         output_dir: str | None = None,
     ) -> None:
-        import json
-
         from hydra.utils import get_method
 
-        from prefalign.data.records import DataError
+        from prefalign.data.records import DataError, iter_jsonl
 
         self.metric = get_method(metric) if isinstance(metric, str) else metric
         self.records: list[dict[str, Any]] = []
-        with Path(path).open(encoding="utf-8") as f:
-            for line_number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}, line {line_number}: not JSON ({err.msg})") from err
-                if not record.get("messages") and not record.get("prompt"):
-                    raise DataError(f"{path}, line {line_number}: a record needs `messages` or `prompt`")
-                self.records.append(record)
-                if limit is not None and len(self.records) >= limit:
-                    break
+        for line_number, record in iter_jsonl(path):
+            if not record.get("messages") and not record.get("prompt"):
+                raise DataError(f"{path}, line {line_number}: a record needs `messages` or `prompt`")
+            self.records.append(record)
+            if limit is not None and len(self.records) >= limit:
+                break
         if not self.records:
             raise DataError(f"{path}: no records to evaluate on")
         if every_n_epochs < 1:
