@@ -204,7 +204,7 @@ def train_aligned(out: Path, size: Size) -> dict:
         "aligned_member=zephyr_bytes,llama3_bpe",
         f"trainer.max_epochs={size.aligned_epochs}",
     ]
-    return app_stage(out, "aligned", "prefalign.train", overrides)
+    return app_stage(out, "aligned", "prefalign.apps.train", overrides)
 
 
 def train_poft_grid(out: Path, size: Size) -> dict:
@@ -216,12 +216,12 @@ def train_poft_grid(out: Path, size: Size) -> dict:
         f"trainer.max_epochs={size.epochs}",
         "aligned.score_missing=true",  # the first run of each noise rate scores it; the rest reuse the cache
     ]
-    return app_stage(out, "poft", "prefalign.train", overrides)
+    return app_stage(out, "poft", "prefalign.apps.train", overrides)
 
 
 def train_policy(out: Path, size: Size) -> dict:
     overrides = ["experiment=cpu_world_policy", f"trainer.max_epochs={size.policy_epochs}"]
-    return app_stage(out, "policy", "prefalign.train", overrides, multirun=False)
+    return app_stage(out, "policy", "prefalign.apps.train", overrides, multirun=False)
 
 
 def run_sso(out: Path, size: Size) -> dict:
@@ -230,7 +230,7 @@ def run_sso(out: Path, size: Size) -> dict:
         f"variant={joined(size.sso_variants)}",
         f"seed={joined(size.sso_seeds)}",
     ]
-    return app_stage(out, "sso", "prefalign.pipelines.sso", overrides)
+    return app_stage(out, "sso", "prefalign.apps.sso", overrides)
 
 
 # -- reading results ---------------------------------------------------------------------------------

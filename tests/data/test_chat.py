@@ -9,6 +9,7 @@ import datasets
 import pytest
 
 import prefalign.data.chat as chat
+from prefalign.core.errors import DataError
 from prefalign.data.chat import (
     IGNORE_INDEX,
     TemplateError,
@@ -16,7 +17,7 @@ from prefalign.data.chat import (
     encode_conversation,
     tokenize_dataset,
 )
-from prefalign.data.records import ColumnMap, DataError, load_raw, normalise_records
+from prefalign.data.records import ColumnMap, load_raw, normalise_records
 from prefalign.models.chat_templates import TEMPLATES
 from prefalign.models.tokenizer import build_tokenizer
 

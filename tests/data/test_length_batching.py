@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from prefalign.config import bundled
+from prefalign.core.errors import DataError
 from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
 from prefalign.data.chat import IGNORE_INDEX
 from prefalign.data.datamodule import ChatDataModule
-from prefalign.data.records import DataError
 
 
 def _lognormal_lengths(n: int, seed: int) -> list[int]:

@@ -7,9 +7,9 @@ import random
 import datasets
 import pytest
 
+from prefalign.core.errors import DataError
 from prefalign.data.filtering import filter_top_fraction
 from prefalign.data.noise import NoiseConfig, build_noisy_dataset, corrupt_text, make_noise_samples
-from prefalign.data.records import DataError
 
 CLEAN = datasets.Dataset.from_list(
     [

@@ -72,7 +72,7 @@ def test_command_line_builds_from_iteration_files_with_judges(tmp_path, run_app)
         (folder / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     judge = "{_target_: test_offline_builder.KeywordJudge}"
     result = run_app(
-        "prefalign.build_offline",
+        "prefalign.apps.build_offline",
         [f"judges=[{judge},{judge}]"],
         tmp_path,
         PYTHONPATH=str(Path(__file__).parent),
@@ -90,6 +90,6 @@ def test_command_line_builds_from_iteration_files_with_judges(tmp_path, run_app)
 def test_command_line_names_the_file_and_line_of_a_bad_pair(tmp_path, run_app):
     bad = tmp_path / "pairs.jsonl"
     bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({"id": "x9", "prompt": "q", "chosen": "a"}) + "\n")
-    result = run_app("prefalign.build_offline", [f"inputs=[{bad}]"], tmp_path)
+    result = run_app("prefalign.apps.build_offline", [f"inputs=[{bad}]"], tmp_path)
     assert result.returncode != 0
     assert f"{bad}: line 2 (id=x9): missing or empty ['rejected']" in result.stderr

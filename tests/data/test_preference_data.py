@@ -6,6 +6,7 @@ import datasets
 import pytest
 import torch
 
+from prefalign.core.errors import DataError
 from prefalign.data.preference import (
     PreferenceColumns,
     collate_sequences,
@@ -15,7 +16,6 @@ from prefalign.data.preference import (
     sequence_messages,
     tokenize_preferences,
 )
-from prefalign.data.records import DataError
 
 SSO_ROW = {
     "id": "q1",

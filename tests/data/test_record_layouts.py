@@ -3,7 +3,8 @@
 import datasets
 import pytest
 
-from prefalign.data.records import ColumnMap, DataError, normalise_records
+from prefalign.core.errors import DataError
+from prefalign.data.records import ColumnMap, normalise_records
 
 
 def test_instruction_with_optional_input_becomes_one_user_turn():

@@ -8,14 +8,8 @@ import json
 import datasets
 import pytest
 
-from prefalign.data.records import (
-    ColumnMap,
-    DataError,
-    DropReport,
-    content_id,
-    load_raw,
-    normalise_records,
-)
+from prefalign.core.errors import DataError, DropReport
+from prefalign.data.records import ColumnMap, content_id, load_raw, normalise_records
 
 
 @pytest.fixture(autouse=True)

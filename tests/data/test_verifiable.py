@@ -194,7 +194,7 @@ def test_rule_judge_verdicts_and_signal_accuracy():
 
 
 def test_rule_judge_from_a_prompt_set_file(tmp_path):
-    from prefalign.data.synthetic import write_jsonl
+    from prefalign.core.jsonl import write_jsonl
 
     path = write_jsonl(tmp_path / "prompts.jsonl", prompt_set(20, seed=1))
     judge = RuleJudge.from_file(path)
@@ -203,7 +203,7 @@ def test_rule_judge_from_a_prompt_set_file(tmp_path):
 
 
 def test_world_records_load_through_the_chat_data_module(tmp_path, make_tokenizer):
-    from prefalign.data.synthetic import write_jsonl
+    from prefalign.core.jsonl import write_jsonl
 
     records = list(generate_world(60, seed=7, multi_turn_rate=0.3))
     path = write_jsonl(tmp_path / "world.jsonl", records)
@@ -262,7 +262,7 @@ def test_principle_conditioned_sft_splits_correct_and_wrong_by_condition(tmp_pat
         [m for m in row["messages"] if m["role"] == "user"][0],
     ]
     # the data module accepts them (extra columns kept, the bool as a batch tensor)
-    from prefalign.data.synthetic import write_jsonl
+    from prefalign.core.jsonl import write_jsonl
 
     path = write_jsonl(tmp_path / "principled.jsonl", records[:40])
     dm = ChatDataModule(make_tokenizer("chatml"), train=str(path), max_length=512, batch_size=8)
@@ -275,8 +275,8 @@ def test_prompt_set_and_preferences_feed_the_sso_and_dpo_loaders(tmp_path):
     import datasets
     from omegaconf import OmegaConf
 
+    from prefalign.core.jsonl import write_jsonl
     from prefalign.data.preference import PreferenceColumns, normalise_preferences
-    from prefalign.data.synthetic import write_jsonl
     from prefalign.pipelines.sso import load_prompt_splits
 
     path = write_jsonl(tmp_path / "prompts.jsonl", prompt_set(30, seed=2))

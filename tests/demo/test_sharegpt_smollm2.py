@@ -15,10 +15,11 @@ import datasets
 import pytest
 from omegaconf import OmegaConf
 
-from prefalign.config import ConfigError, package_file, register_resolvers
+from prefalign.config import package_file, register_resolvers
+from prefalign.core.errors import ConfigError, DataError
 from prefalign.data.datamodule import DataSource, load_conversations
 from prefalign.data.language import filter_english, is_english
-from prefalign.data.records import ColumnMap, DataError, decode_json_records, load_json_records
+from prefalign.data.records import ColumnMap, decode_json_records, load_json_records
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_PY = REPO / "experiments" / "sharegpt_smollm2" / "run.py"

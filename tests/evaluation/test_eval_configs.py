@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from prefalign.apps.evaluate import register_eval_resolvers
 from prefalign.config import config_dir
-from prefalign.evaluate import register_eval_resolvers
 from prefalign.evaluation.harness import (
     EvalConfigError,
     TaskSpec,

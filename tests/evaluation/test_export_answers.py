@@ -70,14 +70,18 @@ def test_alpaca_eval_outputs_keep_the_prompt_fields_and_replace_the_reference():
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("q.jsonl", '{"question_id": 1, "turns": []}\n', r"q.jsonl:1: `turns` must be a non-empty list"),
-        ("q.jsonl", '{"turns": ["hi"]}\n', r"q.jsonl:1: an MT-Bench question needs a question_id"),
+        (
+            "q.jsonl",
+            '{"question_id": 1, "turns": []}\n',
+            r"q.jsonl, line 1: `turns` must be a non-empty list",
+        ),
+        ("q.jsonl", '{"turns": ["hi"]}\n', r"q.jsonl, line 1: an MT-Bench question needs a question_id"),
         (
             "q.jsonl",
             '{"question_id": 1, "turns": ["a"]}\n{"question_id": 1, "turns": ["b"]}\n',
-            r"q.jsonl:2: .*twice",
+            r"q.jsonl, line 2: .*twice",
         ),
-        ("q.jsonl", "{not json\n", r"q.jsonl:1: not JSON"),
+        ("q.jsonl", "{not json\n", r"q.jsonl, line 1: not JSON"),
     ],
 )
 def test_bad_mt_bench_files_are_named(tmp_path, name, text, message):
@@ -96,7 +100,7 @@ def test_bad_alpaca_eval_files_are_named(tmp_path):
 
 def test_export_answers_cli_writes_fastchat_and_alpaca_eval_files(tmp_path, run_app):
     result = run_app(
-        "prefalign.export_answers",
+        "prefalign.apps.export_answers",
         [
             "model_id=tiny-demo",
             "seed=7",

@@ -45,7 +45,7 @@ def write_local_tasks(folder: Path) -> Path:
 
 def test_eval_of_each_epoch_checkpoint_prints_last_avg_std_of_lm_eval_scores(tmp_path, run_app):
     train = run_app(
-        "prefalign.train",
+        "prefalign.apps.train",
         [
             "experiment=tiny_ce",
             "trainer.max_epochs=2",
@@ -61,7 +61,7 @@ def test_eval_of_each_epoch_checkpoint_prints_last_avg_std_of_lm_eval_scores(tmp
     assert train.returncode == 0, train.stderr[-4000:]
     tasks = write_local_tasks(tmp_path / "tasks")
     evaluated = run_app(
-        "prefalign.evaluate",
+        "prefalign.apps.evaluate",
         [
             "run_dir=run",
             f"lm_eval.include_path=[{tasks}]",
@@ -125,7 +125,7 @@ def test_eval_of_each_epoch_checkpoint_prints_last_avg_std_of_lm_eval_scores(tmp
 
 
 def test_eval_names_a_missing_run_dir_before_loading_anything(tmp_path, run_app):
-    result = run_app("prefalign.evaluate", [f"run_dir={tmp_path / 'nope'}"], tmp_path)
+    result = run_app("prefalign.apps.evaluate", [f"run_dir={tmp_path / 'nope'}"], tmp_path)
     assert result.returncode != 0
     assert f"config key `run_dir`: {tmp_path / 'nope'} is not a folder" in result.stderr
 
@@ -134,7 +134,7 @@ def test_eval_names_a_missing_run_dir_before_loading_anything(tmp_path, run_app)
 @pytest.mark.distributed
 def test_sharded_fsdp2_checkpoint_loads_to_the_exported_weights(tmp_path, run_app):
     train = run_app(
-        "prefalign.train",
+        "prefalign.apps.train",
         [
             "trainer=fsdp2",
             "trainer.accelerator=cpu",

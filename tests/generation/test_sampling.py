@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefalign.data.records import DataError
+from prefalign.core.errors import DataError
 from prefalign.generation.sampling import HFGenerator, SamplingConfig, filter_prompts_by_length
 
 CONVERSATIONS = [

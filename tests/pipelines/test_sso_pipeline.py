@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from prefalign.data.records import DataError
+from prefalign.core.errors import DataError
 from prefalign.data.verifiable import write_world
 from prefalign.pipelines.sso import load_prompt_splits
 
@@ -27,7 +27,7 @@ ARGS = [
 def _run(cwd, cache, *extra):
     env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd), "PREFALIGN_CACHE": cache}
     result = subprocess.run(
-        [sys.executable, "-m", "prefalign.pipelines.sso", *ARGS, *extra],
+        [sys.executable, "-m", "prefalign.apps.sso", *ARGS, *extra],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from prefalign.config import bundled, config_dir, register_resolvers
 from prefalign.data.verifiable import write_principled, write_world
-from prefalign.train import choose_wandb_mode, run_task, train
+from prefalign.training.run import choose_wandb_mode, run_task, train
 
 CONF = config_dir()
 GROUPS = [

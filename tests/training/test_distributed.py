@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefalign.train import run_task, train
+from prefalign.training.run import run_task, train
 
 pytestmark = pytest.mark.distributed
 
@@ -45,7 +45,7 @@ def test_two_process_fsdp2_trains_saves_sharded_checkpoints_and_resumes(tmp_path
         f"paths.cache_dir={session_cache}",
     ]
     first = run_app(
-        "prefalign.train",
+        "prefalign.apps.train",
         [*common, "trainer.max_epochs=1", "hydra.run.dir=run1"],
         tmp_path,
         OMP_NUM_THREADS="1",
@@ -56,7 +56,7 @@ def test_two_process_fsdp2_trains_saves_sharded_checkpoints_and_resumes(tmp_path
     assert (checkpoint / "meta.pt").exists()
     assert len(list(checkpoint.glob("*.distcp"))) == 2  # one shard per rank
     resumed = run_app(
-        "prefalign.train",
+        "prefalign.apps.train",
         [*common, "trainer.max_epochs=2", f"ckpt_path={checkpoint}", "hydra.run.dir=run2"],
         tmp_path,
         OMP_NUM_THREADS="1",

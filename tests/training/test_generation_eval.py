@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from prefalign.data.records import DataError
+from prefalign.core.errors import DataError
 from prefalign.data.verifiable import write_world
-from prefalign.train import run_task, train
 from prefalign.training.callbacks import GenerationEval, _flatten
+from prefalign.training.run import run_task, train
 
 
 def test_flatten_keeps_numbers_and_joins_nested_keys():

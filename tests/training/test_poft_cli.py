@@ -25,14 +25,14 @@ def run_ok(run_app):
 @pytest.fixture
 def scored(tmp_path, run_ok):
     scores = tmp_path / "scores"
-    out = run_ok("prefalign.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path)
+    out = run_ok("prefalign.apps.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path)
     return scores, out
 
 
 def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, scored, run_ok):
     scores, first = scored
     assert (first.stdout + first.stderr).count("cache_hit=False") == 4  # 2 members x (train, val)
-    again = run_ok("prefalign.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path)
+    again = run_ok("prefalign.apps.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path)
     assert (again.stdout + again.stderr).count("cache_hit=True") == 4
 
     common = [
@@ -44,7 +44,7 @@ def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, scored, r
         "callbacks.progress_bar=null",
     ]
     run_ok(
-        "prefalign.train",
+        "prefalign.apps.train",
         [*common, "hydra.run.dir=poft", "callbacks.metric_histograms.every_n_steps=1"],
         tmp_path,
     )
@@ -66,7 +66,7 @@ def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, scored, r
         assert any(r.get(key) for r in rows), key
 
     run_ok(
-        "prefalign.train",
+        "prefalign.apps.train",
         ["-m", "aligned.aggregation=avg,min,max", *common, "logger=csv"],
         tmp_path,
     )
@@ -86,7 +86,7 @@ def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, scored, r
 
 def test_poft_without_cached_scores_fails_with_the_command_to_run(tmp_path, run_app):
     result = run_app(
-        "prefalign.train", [*DATA, f"aligned.cache_dir={tmp_path / 'empty'}", "objective=poft"], tmp_path
+        "prefalign.apps.train", [*DATA, f"aligned.cache_dir={tmp_path / 'empty'}", "objective=poft"], tmp_path
     )
     assert result.returncode != 0
     assert "prefalign-score" in result.stdout + result.stderr

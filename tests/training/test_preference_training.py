@@ -8,13 +8,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefalign.config import ConfigError, bundled
+from prefalign.config import bundled
+from prefalign.core.errors import ConfigError
 from prefalign.data.preference import PreferenceDataModule
 from prefalign.generation.principles import load_principles, principle_system_message
 from prefalign.modules import MultiSequenceModule
 from prefalign.objectives import SSO, CrossEntropy, PairwisePreference
 from prefalign.scoring.logprobs import sequence_logprobs
-from prefalign.train import run_task, train
+from prefalign.training.run import run_task, train
 
 SSO_SEQUENCES = SSO().sequences
 

@@ -9,7 +9,7 @@ import torch
 from torch.testing import assert_close
 
 from prefalign.objectives import BradleyTerry
-from prefalign.train import run_task, train
+from prefalign.training.run import run_task, train
 
 
 def test_bradley_terry_loss_and_accuracy():

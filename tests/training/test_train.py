@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from prefalign.config import ConfigError
-from prefalign.train import run_task, train
+from prefalign.core.errors import ConfigError
 from prefalign.training.callbacks import WANDB_RUN_ID_KEY
+from prefalign.training.run import run_task, train
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -108,7 +108,7 @@ def test_bad_config_values_fail_at_start_up_naming_the_key(compose_train, overri
 
 def test_multirun_over_two_learning_rates_produces_two_runs(tmp_path, session_cache, run_app):
     result = run_app(
-        "prefalign.train",
+        "prefalign.apps.train",
         [
             "-m",
             "optimizer.lr=1e-3,3e-3",

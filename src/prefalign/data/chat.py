@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from prefalign.data.records import DataError, DropReport
+from prefalign.core.errors import DataError, DropReport
 
 log = logging.getLogger(__name__)
 

@@ -13,19 +13,13 @@ import lightning as L
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from prefalign.core.errors import DataError, DropReport
 from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
 from prefalign.data.chat import tokenize_dataset
 from prefalign.data.filtering import filter_top_fraction
 from prefalign.data.language import filter_english
 from prefalign.data.noise import NoiseConfig, build_noisy_dataset
-from prefalign.data.records import (
-    ColumnMap,
-    DataError,
-    DropReport,
-    load_json_records,
-    load_raw,
-    normalise_records,
-)
+from prefalign.data.records import ColumnMap, load_json_records, load_raw, normalise_records
 from prefalign.scoring.aligned import attach_aligned_scores
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import datasets
 
-from prefalign.data.records import DataError
+from prefalign.core.errors import DataError
 
 
 @dataclass

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import datasets
 
-from prefalign.data.records import DropReport
+from prefalign.core.errors import DropReport
 
 MIN_ASCII_LETTER_SHARE = 0.9
 # Frequent function words by language, space-separated. The non-English lists leave out words

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import datasets
 
-from prefalign.data.records import DataError
+from prefalign.core.errors import DataError
 
 DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + " "
 

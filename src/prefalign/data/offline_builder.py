@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from prefalign.data.records import DropReport
+from prefalign.core.errors import DropReport
 
 
 @dataclass

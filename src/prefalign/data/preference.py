@@ -20,11 +20,12 @@ from typing import Any
 import datasets
 import torch
 
+from prefalign.core.errors import DataError, DropReport
 from prefalign.data.batching import pad_collate
 from prefalign.data.chat import TemplateError, encode_conversation
 from prefalign.data.datamodule import ChatDataModule, DataSource
 from prefalign.data.packing import collate_shared_prompts
-from prefalign.data.records import DataError, DropReport, content_id
+from prefalign.data.records import content_id
 
 log = logging.getLogger(__name__)
 

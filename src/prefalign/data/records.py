@@ -12,8 +12,7 @@ import hashlib
 import json
 import logging
 import re
-from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,48 +20,12 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
+from prefalign.core.errors import DataError, DropReport
+
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 _FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """A bad input file or record. The message names the source, the row and the sample id."""
-
-
-@dataclass
-class DropReport:
-    """Samples removed from a dataset, counted by reason, with a few example ids per reason."""
-
-    counts: Counter = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-    total: int = 0
-
-    def add(self, reason: str, sample_id: str) -> None:
-        self.counts[reason] += 1
-        ids = self.examples.setdefault(reason, [])
-        if len(ids) < 5:
-            ids.append(sample_id)
-
-    def merge(self, other: DropReport) -> DropReport:
-        for reason, count in other.counts.items():
-            self.counts[reason] += count
-            ids = self.examples.setdefault(reason, [])
-            ids.extend(other.examples.get(reason, [])[: max(0, 5 - len(ids))])
-        return self
-
-    @property
-    def dropped(self) -> int:
-        return sum(self.counts.values())
-
-    def summary(self, source: str) -> str:
-        if not self.dropped:
-            return f"{source}: kept all {self.total} samples"
-        parts = ", ".join(
-            f"{reason}: {n} (e.g. {self.examples[reason]})" for reason, n in sorted(self.counts.items())
-        )
-        return f"{source}: dropped {self.dropped} of {self.total} samples — {parts}"
 
 
 @dataclass
@@ -229,22 +192,6 @@ def decode_json_records(text: str, source: str) -> DecodedArray:
             f"{source}: text after the array's closing ']' (line {line}): {text[pos : pos + 30]!r}"
         )
     return DecodedArray(records)
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` for every non-blank line of a JSON-lines file.
-
-    Raises:
-        DataError: naming the file and the line when a line is not JSON.
-    """
-    with Path(path).open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield line_number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {line_number}: not JSON ({err.msg})") from err
 
 
 def load_json_records(path: str | Path) -> tuple[datasets.Dataset, DropReport]:

@@ -7,12 +7,13 @@ sometimes with a system turn.
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-_WORDS = [
+from prefalign.core.jsonl import write_jsonl
+
+WORDS = [
     "apple",
     "river",
     "stone",
@@ -48,15 +49,15 @@ def _task(rng: random.Random) -> tuple[str, str]:
         a, b = rng.randrange(100), rng.randrange(100)
         return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
     if kind == 1:
-        word = rng.choice(_WORDS)
+        word = rng.choice(WORDS)
         return f"Reverse the word '{word}'.", f"The reverse of '{word}' is '{word[::-1]}'."
     if kind == 2:
-        word = rng.choice(_WORDS)
+        word = rng.choice(WORDS)
         return f"Write '{word}' in capital letters.", f"In capital letters: {word.upper()}."
     if kind == 3:
-        words = rng.sample(_WORDS, 3)
+        words = rng.sample(WORDS, 3)
         return f"Sort these words alphabetically: {', '.join(words)}.", f"Sorted: {', '.join(sorted(words))}."
-    word = rng.choice(_WORDS)
+    word = rng.choice(WORDS)
     letter = rng.choice(sorted(set(word)))
     return (
         f"How many times does the letter '{letter}' appear in '{word}'?",
@@ -76,16 +77,6 @@ def generate_conversations(n: int, seed: int = 0) -> Iterator[dict]:
             messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": answer})
         yield {"id": f"syn-{seed}-{index}", "messages": messages}
-
-
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
-    """Write ``records`` to ``path`` as JSON lines."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
 
 
 def _wrong(answer: str, rng: random.Random) -> str:

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefalign.data.synthetic import _WORDS, write_jsonl
+from prefalign.data.synthetic import WORDS, write_jsonl
 
-WORDS: tuple[str, ...] = tuple(_WORDS)
+WORDS: tuple[str, ...] = tuple(WORDS)
 ANSWER_MARKER = "Answer:"
 _MARKER = re.compile(r"answer\s*:", re.IGNORECASE)
 _LETTERS = string.ascii_lowercase
@@ -509,7 +509,7 @@ class RuleJudge:
     @classmethod
     def from_file(cls, path: str | Path) -> RuleJudge:
         """A judge over the records of a JSON-lines file (world, principled or prompt-set records)."""
-        from prefalign.data.records import iter_jsonl
+        from prefalign.core.jsonl import iter_jsonl
 
         return cls([record for _, record in iter_jsonl(path)])
 

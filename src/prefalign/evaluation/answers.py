@@ -22,6 +22,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from prefalign.core.errors import DataError
+from prefalign.core.jsonl import iter_jsonl, read_jsonl
 from prefalign.evaluation.harness import EvalConfigError
 from prefalign.generation.sampling import Generation, Generator, SamplingConfig
 
@@ -49,15 +51,13 @@ def load_mt_bench_questions(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise EvalConfigError(f"MT-Bench question file {path} does not exist")
     questions, seen = [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            question = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise EvalConfigError(f"{where}: not JSON ({error})") from error
-        if not isinstance(question, dict) or "question_id" not in question:
+    try:
+        numbered = list(iter_jsonl(path))
+    except DataError as error:
+        raise EvalConfigError(str(error)) from error
+    for number, question in numbered:
+        where = f"{path}, line {number}"
+        if "question_id" not in question:
             raise EvalConfigError(f"{where}: an MT-Bench question needs a question_id")
         turns = question.get("turns")
         if (
@@ -131,14 +131,15 @@ def load_alpaca_eval_prompts(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise EvalConfigError(f"AlpacaEval prompt file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            records = read_jsonl(path)
         else:
-            records = json.loads(text)
+            records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise EvalConfigError(f"{path}: not valid JSON ({error})") from error
+    except DataError as error:
+        raise EvalConfigError(str(error)) from error
     if not isinstance(records, list) or not records:
         raise EvalConfigError(f"{path}: expected a non-empty list of {{instruction, ...}} records")
     for index, record in enumerate(records):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefalign.config import ConfigError
+from prefalign.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

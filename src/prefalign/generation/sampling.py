@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from prefalign.data.records import DataError, DropReport
+from prefalign.core.errors import DataError, DropReport
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``prefalign-sso``: iterative self-steering optimisation (SSO paper §2.3, §3, §4.1).
+"""The ``prefalign-sso`` pipeline: iterative self-steering optimisation (SSO paper §2.3, §3, §4.1).
 
 The prompt set is split into K equal parts (the paper: UltraFeedback's prompts, 1:1:1). Iteration
 i, with π_{i-1} the previous policy (π_0 the starting model):
@@ -33,8 +33,9 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from prefalign.config import config_dir, register_resolvers
-from prefalign.data.records import DataError, DropReport, load_raw
+from prefalign.core.errors import DataError, DropReport
+from prefalign.core.jsonl import read_jsonl, write_json, write_jsonl
+from prefalign.data.records import load_raw
 from prefalign.generation.principles import (
     AllocationStats,
     allocate_feature,
@@ -46,18 +47,7 @@ from prefalign.generation.sampling import HFGenerator, SamplingConfig, filter_pr
 from prefalign.models.loading import load_model_and_tokenizer
 
 log = logging.getLogger(__name__)
-register_resolvers()
 STAGES = ("allocate", "sample", "train", "evaluate")
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def load_prompt_splits(source: Mapping[str, Any], iterations: int, seed: int) -> list[list[dict]]:
@@ -108,9 +98,7 @@ class SSOPipeline:
 
     def mark_done(self, i: int, stage: str, stats: Mapping[str, Any]) -> None:
         marker = self.iteration_dir(i) / f"{stage}.done.json"
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(stats), indent=2, default=str))
-        tmp.replace(marker)
+        write_json(marker, dict(stats))
 
     def policy_model_cfg(self, i: int) -> dict:
         """The model config of π_{i} (π_0: the configured starting model)."""
@@ -156,7 +144,7 @@ class SSOPipeline:
                     "fallback": stats.fallbacks > fallbacks,
                 }
             )
-        _write_jsonl(self.iteration_dir(i) / "allocated.jsonl", rows)
+        write_jsonl(self.iteration_dir(i) / "allocated.jsonl", rows)
         return {
             "prompts": len(prompts),
             "dropped": dict(drops.counts),
@@ -168,7 +156,7 @@ class SSOPipeline:
 
     def sample(self, i: int) -> dict:
         generator = self.generator(i - 1)
-        allocated = _read_jsonl(self.iteration_dir(i) / "allocated.jsonl")
+        allocated = read_jsonl(self.iteration_dir(i) / "allocated.jsonl")
         good = [principle_system_message(self.principles[r["feature"]], True) for r in allocated]
         bad = [principle_system_message(self.principles[r["feature"]], False) for r in allocated]
 
@@ -213,7 +201,7 @@ class SSOPipeline:
             )
         if not rows:
             raise DataError(f"iteration {i}: every generation was empty ({drops.summary('samples')})")
-        _write_jsonl(self.iteration_dir(i) / "preferences.jsonl", rows)
+        write_jsonl(self.iteration_dir(i) / "preferences.jsonl", rows)
         new_tokens = sum(r["chosen_tokens"] + r["rejected_tokens"] + r["original_tokens"] for r in rows)
         return {
             "samples": len(rows),
@@ -227,7 +215,7 @@ class SSOPipeline:
         return SamplingConfig(**{**self.sampling.__dict__, "seed": self.sampling.seed + 1000 * offset})
 
     def train(self, i: int) -> dict:
-        from prefalign.train import run_task, train
+        from prefalign.training.run import run_task, train
 
         self._loaded = None  # free the sampling copy of the policy before training
         previous = self.policy_model_cfg(i - 1)
@@ -254,7 +242,7 @@ class SSOPipeline:
         return {"metrics": metrics, "reference": previous.get("name_or_path") or "tiny"}
 
     def evaluate(self, i: int) -> dict:
-        rows = _read_jsonl(self.iteration_dir(i) / "preferences.jsonl")
+        rows = read_jsonl(self.iteration_dir(i) / "preferences.jsonl")
         train_metrics = self.done(i, "train")["metrics"]
         mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
         report = {
@@ -309,7 +297,7 @@ class SSOPipeline:
             reports.append(self.done(i, "evaluate"))
             log.info("iteration %d: %s", i, json.dumps(reports[-1], default=str))
             self.log_to_wandb(i, reports[-1])
-        (self.work_dir / "report.json").write_text(json.dumps(reports, indent=2, default=str))
+        write_json(self.work_dir / "report.json", reports)
         return reports
 
     # -- W&B ---------------------------------------------------------------------------------------
@@ -325,7 +313,7 @@ class SSOPipeline:
             return
         import wandb
 
-        from prefalign.train import choose_wandb_mode
+        from prefalign.training.run import choose_wandb_mode
 
         choose_wandb_mode()
         id_file = self.work_dir / "wandb_run_id"
@@ -345,13 +333,3 @@ class SSOPipeline:
             run.define_metric("sso/*", step_metric="iteration")
             run.log({"iteration": i, **{f"sso/{k}": v for k, v in numbers.items()}})
         marker.touch()
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sso")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
-    SSOPipeline(cfg).run()
-
-
-if __name__ == "__main__":
-    main()

@@ -16,7 +16,7 @@ from typing import Any
 
 import datasets
 
-from prefalign.data.records import DropReport
+from prefalign.core.errors import DropReport
 from prefalign.scoring.engine import (
     ScoreCacheError,
     find_cached_scores,

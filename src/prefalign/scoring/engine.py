@@ -42,9 +42,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
+from prefalign.core.errors import DataError, DropReport
 from prefalign.data.batching import pad_collate
 from prefalign.data.chat import tokenize_dataset, tokenizer_fingerprint
-from prefalign.data.records import DataError, DropReport
 from prefalign.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 from prefalign.scoring.logprobs import sequence_logprobs
 

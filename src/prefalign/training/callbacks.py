@@ -152,7 +152,8 @@ class GenerationEval(L.Callback):
     ) -> None:
         from hydra.utils import get_method
 
-        from prefalign.data.records import DataError, iter_jsonl
+        from prefalign.core.errors import DataError
+        from prefalign.core.jsonl import iter_jsonl
 
         self.metric = get_method(metric) if isinstance(metric, str) else metric
         self.records: list[dict[str, Any]] = []
@@ -206,12 +207,15 @@ class GenerationEval(L.Callback):
                 )
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in values.items() if "/" not in k})
             if self.output_dir is not None:
-                import json
+                from prefalign.core.jsonl import write_jsonl
 
-                self.output_dir.mkdir(parents=True, exist_ok=True)
-                with (self.output_dir / f"epoch_{epoch:03d}.jsonl").open("w", encoding="utf-8") as f:
-                    for record, response in zip(self.records, responses, strict=True):
-                        f.write(json.dumps({"id": record.get("id"), "response": response}) + "\n")
+                write_jsonl(
+                    self.output_dir / f"epoch_{epoch:03d}.jsonl",
+                    (
+                        {"id": record.get("id"), "response": response}
+                        for record, response in zip(self.records, responses, strict=True)
+                    ),
+                )
         trainer.strategy.barrier()
 
 

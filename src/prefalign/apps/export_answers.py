@@ -16,16 +16,16 @@ sidecar, to the run folder (``logs/export_answers/runs/<time>/``). Judge them wi
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from prefalign.config import ConfigError, config_dir, register_resolvers
+from prefalign.config import config_dir, register_resolvers
+from prefalign.core.errors import ConfigError
+from prefalign.core.jsonl import write_json, write_jsonl
 from prefalign.evaluation.answers import (
     alpaca_eval_outputs,
     generation_settings,
@@ -41,16 +41,6 @@ from prefalign.models.loading import load_model_and_tokenizer
 log = logging.getLogger(__name__)
 register_resolvers()
 MODEL_ID = re.compile(r"^[A-Za-z0-9._-]+$")
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def export_answers(cfg: DictConfig) -> dict[str, list[Path]]:
@@ -99,7 +89,7 @@ def export_answers(cfg: DictConfig) -> dict[str, list[Path]]:
             temperatures = dict(mt_cfg.category_temperature or {})
             records, generations = mt_bench_answers(generator, questions, model_id, sampling, temperatures)
             path = out / "mt_bench" / "model_answer" / f"{model_id}.jsonl"
-            _write_jsonl(path, records)
+            write_jsonl(path, records)
             settings = generation_settings(
                 sampling,
                 generations,
@@ -109,7 +99,7 @@ def export_answers(cfg: DictConfig) -> dict[str, list[Path]]:
                 category_temperature=temperatures,
                 **about,
             )
-            _write_json(path.with_suffix(".settings.json"), settings)
+            write_json(path.with_suffix(".settings.json"), settings)
             written["mt_bench"].append(path)
             log.info("MT-Bench answers of %s: %s", model_id, path)
         if prompts is not None:
@@ -122,7 +112,7 @@ def export_answers(cfg: DictConfig) -> dict[str, list[Path]]:
             )
             outputs, generations = alpaca_eval_outputs(generator, prompts, model_id, sampling)
             path = out / "alpaca_eval" / f"{model_id}.json"
-            _write_json(path, outputs)
+            write_json(path, outputs)
             settings = generation_settings(
                 sampling,
                 generations,
@@ -131,7 +121,7 @@ def export_answers(cfg: DictConfig) -> dict[str, list[Path]]:
                 prompt_file=str(Path(alpaca_cfg.prompt_file).expanduser().resolve()),
                 **about,
             )
-            _write_json(path.with_suffix(".settings.json"), settings)
+            write_json(path.with_suffix(".settings.json"), settings)
             written["alpaca_eval"].append(path)
             log.info("AlpacaEval outputs of %s: %s", model_id, path)
     return written

@@ -3,8 +3,8 @@
 Needs the `dashboard` extra (``pip install -e ".[dashboard]"``: wandb-workspaces), an API key and
 network access to save; nothing touches the network before ``Workspace.save()``.
 
-    python -m prefalign.wandb_dashboard --entity <entity> --project prefalign          # create it
-    python -m prefalign.wandb_dashboard --dry-run                                      # list panels only
+    python -m prefalign.apps.wandb_dashboard --entity <entity> --project prefalign          # create it
+    python -m prefalign.apps.wandb_dashboard --dry-run                                      # list panels only
 
 ``--dry-run`` builds the workspace objects offline and prints the sections, panels and metric keys.
 """

@@ -10,16 +10,16 @@ Examples::
 from __future__ import annotations
 
 import glob
-import json
 import logging
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from prefalign.config import ConfigError, config_dir, register_resolvers
+from prefalign.config import config_dir, register_resolvers
+from prefalign.core.errors import ConfigError, DataError
+from prefalign.core.jsonl import iter_jsonl, write_json, write_jsonl
 from prefalign.data.offline_builder import build_offline_dataset
-from prefalign.data.records import DataError, iter_jsonl
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -50,8 +50,7 @@ def build(cfg: DictConfig) -> dict:
         rows, judges, int(cfg.max_char_diff), bool(cfg.remove_unsure), int(cfg.seed)
     )
     output = Path(cfg.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    write_jsonl(output, kept)
     summary = {
         "remaining": report.remaining,
         "dropped": dict(report.drops.counts),
@@ -59,7 +58,7 @@ def build(cfg: DictConfig) -> dict:
         "inputs": OmegaConf.to_container(cfg.inputs, resolve=True),
         "output": str(output),
     }
-    output.with_suffix(".report.json").write_text(json.dumps(summary, indent=2))
+    write_json(output.with_suffix(".report.json"), summary)
     log.info("kept %d of %d pairs -> %s; %s", len(kept), len(rows), output, report.drops.summary("removed"))
     return summary
 

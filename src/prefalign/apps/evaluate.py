@@ -22,7 +22,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from prefalign.config import ConfigError, config_dir, register_resolvers
+from prefalign.config import config_dir, register_resolvers
+from prefalign.core.errors import ConfigError
 from prefalign.evaluation.aggregate import aggregate_epochs, markdown_table, write_summary
 from prefalign.evaluation.harness import (
     HarnessSettings,

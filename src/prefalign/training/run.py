@@ -1,11 +1,8 @@
-"""``prefalign-train``: fine-tune a causal LM with any one-sequence objective (CE, PoFT, ...).
+"""Running a training task from a composed ``train`` config: loggers, strategy, the objective's
+wiring to data and module, the fit, and a wrapper that always closes the W&B run.
 
-Examples::
-
-    prefalign-train                                    # CE on the bundled tiny chat data, CPU
-    prefalign-train objective=ce objective.reduction=sample_mean trainer.max_epochs=3
-    prefalign-train -m optimizer.lr=1e-4,3e-4          # a multirun sweep
-    prefalign-train ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt   # resume
+The ``prefalign-train`` app (:mod:`prefalign.apps.train`) and the SSO pipeline's iterations both
+train through :func:`train` inside :func:`run_task`.
 """
 
 from __future__ import annotations
@@ -17,25 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from prefalign.config import (
-    ConfigError,
-    config_dir,
-    hydra_run_info,
-    register_resolvers,
-    validate_train_config,
-)
+from prefalign.config import hydra_run_info, validate_train_config
+from prefalign.core.errors import ConfigError
 from prefalign.data.preference import PreferenceDataModule
 from prefalign.models.loading import load_model_and_tokenizer
 from prefalign.objectives.pairwise import MultiSequenceObjective
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
 
 log = logging.getLogger(__name__)
-register_resolvers()
 
 
 def choose_wandb_mode() -> str:
@@ -152,15 +142,3 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
                 wandb.finish(exit_code=1 if failed else 0)
         except Exception:  # noqa: BLE001 - closing W&B must never mask the task's own error
             log.exception("could not finish the W&B run")
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``cfg.optimized_metric`` for hyper-parameter sweepers."""
-    metrics = run_task(train, cfg)
-    metric_name = cfg.get("optimized_metric")
-    return metrics.get(metric_name) if metric_name else None
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,98 @@
+"""The one JSON-lines reader and writer of the project.
+
+Records are separated by ``\\n`` only: a JSON string may hold U+2028, U+0085 or a form feed (which
+``str.splitlines`` would split on) and still be read back. Writes are atomic: a temporary file in
+the same folder, then a rename, so a killed writer never leaves a truncated file under the final
+name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from prefalign.core.errors import DataError
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` for every non-blank line of a JSON-lines file.
+
+    Raises:
+        DataError: naming the file and the line when a line is not JSON or not an object, or the
+            file is not UTF-8 (with the byte offset).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    offset = 0
+    with path.open("rb") as f:
+        for line_number, raw in enumerate(f, 1):  # binary lines end at b"\n" only
+            start, offset = offset, offset + len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}, line {line_number}: not UTF-8 text (byte offset {start + err.start})"
+                ) from err
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {line_number}: not JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise DataError(f"{path}, line {line_number}: a JSON {type(record).__name__}, not an object")
+            yield line_number, record
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a JSON-lines file, in order (see :func:`iter_jsonl`)."""
+    return [record for _, record in iter_jsonl(path)]
+
+
+def dumps_line(record: Any) -> str:
+    """One record as one line of JSON (UTF-8 text kept as is; ``\\n`` inside strings is escaped)."""
+    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on success it is synced and renamed to
+    ``path``, on any error it is removed (``path`` is never left half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+        with os.fdopen(fd, mode, **text) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write ``records`` to ``path`` as JSON lines, atomically (:func:`atomic_write`).
+
+    Returns:
+        ``path`` (its parent folders are created).
+    """
+    with atomic_write(path) as f:
+        for record in records:
+            f.write(dumps_line(record))
+    return Path(path)
+
+
+def write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
+    """Write one JSON document atomically (markers, reports, summaries)."""
+    with atomic_write(path) as f:
+        json.dump(value, f, indent=indent, default=str, ensure_ascii=False)
+    return Path(path)
