@@ -180,7 +180,6 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key in (
         "objective._target_",
         "data._target_",
-        "module._target_",
         "optimizer._target_",
         "trainer._target_",
     ):

@@ -24,13 +24,24 @@ ALIGNED_SCORE = "aligned_score"
 NOISE = "noise"
 LENGTH = "length"
 
+# Sequence prompts: the user prompt, and with the good / bad principle as system message (SSO).
+X, X_GOOD, X_BAD = "x", "x+", "x-"
+# Sequence responses: chosen, rejected, original (sampled without principle, SSO).
+Y_CHOSEN, Y_REJECTED, Y_ORIGINAL = "y+", "y-", "yo"
 # Sequence prompts -> the record field of their system message (None: no system message).
-PROMPT_SYSTEMS: dict[str, str | None] = {"x": None, "x+": "system_good", "x-": "system_bad"}
+PROMPT_SYSTEMS: dict[str, str | None] = {X: None, X_GOOD: "system_good", X_BAD: "system_bad"}
 # Sequence responses -> the record field holding the response text.
-RESPONSES: dict[str, str] = {"y+": "chosen", "y-": "rejected", "yo": "original"}
-CHOSEN, REJECTED = "x|y+", "x|y-"
+RESPONSES: dict[str, str] = {Y_CHOSEN: "chosen", Y_REJECTED: "rejected", Y_ORIGINAL: "original"}
+
+
+def sequence(prompt: str, response: str) -> str:
+    """The name of the sequence (``prompt``, ``response``): ``"<prompt>|<response>"``."""
+    return f"{prompt}|{response}"
+
+
+CHOSEN, REJECTED = sequence(X, Y_CHOSEN), sequence(X, Y_REJECTED)
 # The one sequence of a chat record (the conversation as it is).
-SINGLE = "x|y"
+SINGLE = sequence(X, "y")
 
 T = TypeVar("T")
 
@@ -43,6 +54,11 @@ def member_score_column(member: str) -> str:
 def reference_columns(sequence: str) -> tuple[str, str]:
     """The reference log-prob sum and count columns of ``sequence``."""
     return f"ref.{sequence}.sum", f"ref.{sequence}.count"
+
+
+def sequence_id(sample_id: str, sequence: str) -> str:
+    """The id of one sequence of a sample when sequences are scored as conversations: ``<id>::<sequence>``."""
+    return f"{sample_id}::{sequence}"
 
 
 def parse_sequence(name: str) -> tuple[str, str]:
@@ -76,7 +92,7 @@ def stack_sequence_major(
 
 def split_sequence_major(values: T, sequences: Sequence[str]) -> dict[str, T]:
     """Undo :func:`stack_sequence_major` on anything sliceable along its first axis (a tensor, a
-    list, a :class:`~prefalign.scoring.logprobs.SequenceLogProbs`): ``{sequence: its B rows}``."""
+    list): ``{sequence: its B rows}``."""
     size = len(values) // len(sequences)
     if size * len(sequences) != len(values):
         raise ValueError(f"{len(values)} rows cannot be split into {len(sequences)} sequences")

@@ -1,4 +1,11 @@
-"""The LightningDataModule for chat SFT data (one sequence per sample)."""
+"""The LightningDataModule for chat SFT data (one sequence per sample).
+
+Frozen-model outputs (aligned-LLM scores, reference log-probs) are not computed here: the training
+app computes them with :func:`prefalign.scoring.frozen.attach_frozen_columns` before the fit, from
+the normalised records this module exposes (:meth:`ChatDataModule.records`,
+:meth:`ChatDataModule.sequence_conversations`), and hands them back as column tables
+(:meth:`ChatDataModule.add_columns`) that :meth:`ChatDataModule.setup` joins by sample id.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +21,13 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from prefalign.core.errors import DataError, DropReport
+from prefalign.core.names import ALIGNED_SCORE, ID, LENGTH, MESSAGES, NOISE, SINGLE, sequence_id
 from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
 from prefalign.data.chat import tokenize_dataset
 from prefalign.data.filtering import filter_top_fraction
 from prefalign.data.language import filter_english
 from prefalign.data.noise import NoiseConfig, build_noisy_dataset
 from prefalign.data.records import ColumnMap, load_json_records, load_raw, normalise_records
-from prefalign.scoring.aligned import attach_aligned_scores
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +131,8 @@ def load_conversations(
     if noise and split == "train":
         ds = build_noisy_dataset(ds, NoiseConfig(**dict(noise)))
         log.info("%s: mixed in %d hand-crafted noise samples", source.path, noise["num_samples"])
-    elif noise and "noise" not in ds.column_names:  # evaluation splits stay clean, and say so
-        ds = ds.add_column("noise", [False] * len(ds))
+    elif noise and NOISE not in ds.column_names:  # evaluation splits stay clean, and say so
+        ds = ds.add_column(NOISE, [False] * len(ds))
     return ds, report
 
 
@@ -145,15 +152,18 @@ class ChatDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         num_proc: processes for tokenisation (``datasets.map``).
         seed: shuffling seed (epoch ``e`` uses ``seed + e``).
-        required_columns: extra columns the objective reads; checked at setup.
-        aligned: an aligned-LLM ensemble config (``conf/aligned``); its cached scores are joined
-            by sample id as ``aligned_score`` when the objective requires that column or when
-            filtering by score.
+        required_columns: extra columns the objective reads (set by the training app from the
+            objective's declaration); checked at setup. Frozen-model columns among them
+            (``aligned_score``, ``ref.<sequence>.*``) must have been added with :meth:`add_columns`.
         noise: hand-crafted noise mixed into the training split (:class:`prefalign.data.noise.NoiseConfig`
             fields: ``num_samples``, ``seed``, ``insert_rate``, ``delete_rate``, ``modify_rate``), or ``None``.
         filter_top_fraction: keep only this top fraction of the training split by aggregated
-            aligned score (PoFT paper Figure 4), or ``None`` to keep everything.
+            aligned score (PoFT paper Figure 4), or ``None`` to keep everything (the scores are
+            then needed: :meth:`columns_needed`).
     """
+
+    # The sequences of a sample (one: the conversation as it is).
+    sequences: tuple[str, ...] = (SINGLE,)
 
     def __init__(
         self,
@@ -172,7 +182,6 @@ class ChatDataModule(L.LightningDataModule):
         num_proc: int | None = None,
         seed: int = 0,
         required_columns: Sequence[str] = (),
-        aligned: Mapping[str, Any] | None = None,
         noise: Mapping[str, Any] | None = None,
         filter_top_fraction: float | None = None,
     ) -> None:
@@ -193,37 +202,107 @@ class ChatDataModule(L.LightningDataModule):
         self.num_proc = num_proc
         self.seed = seed
         self.required_columns = tuple(required_columns)
-        self.aligned = aligned
         self.noise = noise
         self.filter_top_fraction = filter_top_fraction
         self.datasets: dict[str, datasets.Dataset] = {}
         self.drop_reports: dict[str, DropReport] = {}
+        self._records: dict[str, tuple[datasets.Dataset, DropReport]] = {}
+        self._added: dict[str, list[tuple[dict[str, list], DropReport]]] = {}
+
+    # -- the seam to frozen-model columns (prefalign.scoring.frozen) -----------------------------
+    @property
+    def splits(self) -> list[str]:
+        """The configured splits (``train``, and ``val`` when set)."""
+        return list(self.sources)
+
+    def source_name(self, split: str) -> str:
+        """The path of a split's source, for messages."""
+        return self.sources[split].path
+
+    def columns_needed(self, split: str) -> list[str]:
+        """The columns a split must carry before tokenisation: the objective's, plus the aligned
+        score on the training split when filtering by it."""
+        needed = list(self.required_columns)
+        if split == "train" and self.filter_top_fraction is not None and ALIGNED_SCORE not in needed:
+            needed.append(ALIGNED_SCORE)
+        return needed
+
+    def load_records(self, split: str) -> tuple[datasets.Dataset, DropReport]:
+        """Load and validate one split's records (no tokenisation); see :func:`load_conversations`."""
+        return load_conversations(
+            self.sources[split], self.columns, self.on_invalid, self.num_proc, split, self.noise
+        )
+
+    def records(self, split: str) -> datasets.Dataset:
+        """The normalised records of a split (loaded once): what frozen models score."""
+        if split not in self._records:
+            self._records[split] = self.load_records(split)
+        return self._records[split][0]
+
+    def sequence_conversations(self, split: str) -> datasets.Dataset:
+        """One conversation per (record, sequence), id ``"<id>::<sequence>"``
+        (:func:`prefalign.core.names.sequence_id`): what the reference model scores."""
+        (name,) = self.sequences
+        ds = self.records(split).select_columns([ID, MESSAGES])
+        return ds.map(lambda row: {ID: sequence_id(row[ID], name)})
+
+    def add_columns(self, split: str, columns: Mapping[str, list], report: DropReport | None = None) -> None:
+        """Columns computed outside the data layer, joined to the split by sample id at setup.
+
+        ``columns`` holds an ``id`` list and one list per column. Samples absent from it must be
+        exactly those ``report`` counts as dropped (e.g. ``aligned.on_missing=drop``); any other
+        absent sample is a :class:`DataError` at setup.
+        """
+        if ID not in columns:
+            raise ValueError(f"{self.source_name(split)}: added columns need an `{ID}` list")
+        self._added.setdefault(split, []).append((dict(columns), report or DropReport()))
+
+    def join_added_columns(self, split: str, ds: datasets.Dataset, report: DropReport) -> datasets.Dataset:
+        """Join the columns of :meth:`add_columns` to ``ds`` by sample id (merging their drop reports)."""
+        for columns, added_report in self._added.get(split, []):
+            row_of = {sample_id: row for row, sample_id in enumerate(columns[ID])}
+            keep = [i for i, sample_id in enumerate(ds[ID]) if sample_id in row_of]
+            names = [c for c in columns if c != ID]
+            absent = len(ds) - len(keep)
+            if absent != added_report.dropped:
+                missing = [sample_id for sample_id in ds[ID] if sample_id not in row_of][:5]
+                raise DataError(
+                    f"{self.source_name(split)}: no value of column(s) {names} for {absent} sample(s) "
+                    f"(e.g. ids {missing}), of which {added_report.dropped} were counted as dropped"
+                )
+            report.merge(added_report)
+            if absent:
+                ds = ds.select(keep)
+            rows = [row_of[sample_id] for sample_id in ds[ID]]
+            for name in names:
+                ds = ds.add_column(name, [columns[name][r] for r in rows])
+        return ds
+
+    def check_columns(self, split: str, ds: datasets.Dataset, needed: Sequence[str]) -> None:
+        """A :class:`DataError` naming the columns in ``needed`` that ``ds`` lacks."""
+        missing = [c for c in needed if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"{self.source_name(split)}: the objective needs column(s) {missing}; the data has "
+                f"{ds.column_names}. Frozen-model columns (aligned scores, reference log-probs) are "
+                "attached before setup by prefalign.scoring.frozen.attach_frozen_columns (the training "
+                "app does it; set the `aligned` / `reference` config)"
+            )
 
     def build(self, split: str) -> tuple[datasets.Dataset, DropReport]:
-        """Load, validate and tokenise one split; return the dataset and what was dropped."""
+        """Join the added columns to a split's records, filter, tokenise; return the dataset and
+        what was dropped."""
+        self.records(split)
+        ds, report = self._records.pop(split)
         source = self.sources[split]
-        ds, report = load_conversations(
-            source, self.columns, self.on_invalid, self.num_proc, split, self.noise
-        )
-        filtering = self.filter_top_fraction is not None and split == "train"
-        if "aligned_score" in self.required_columns or filtering:
-            if self.aligned is None:
-                raise DataError(
-                    f"{source.path}: aligned-LLM scores are needed; set the `aligned` config group"
-                )
-            ds, score_report = attach_aligned_scores(ds, self.aligned, source.path)
-            report.merge(score_report)
-        if filtering:
+        ds = self.join_added_columns(split, ds, report)
+        self.check_columns(split, ds, self.columns_needed(split))
+        if split == "train" and self.filter_top_fraction is not None:
             ds, filter_report = filter_top_fraction(ds, self.filter_top_fraction)
             log.info("%s: %s", source.path, filter_report.summary())
             if filter_report.dropped:
                 report.counts["below_score_threshold"] += filter_report.dropped
                 report.examples.setdefault("below_score_threshold", [])
-        missing = [c for c in self.required_columns if c not in ds.column_names]
-        if missing:
-            raise DataError(
-                f"{source.path}: the objective needs column(s) {missing}; the data has {ds.column_names}"
-            )
         ds, truncation_report = tokenize_dataset(
             ds, self.tokenizer, self.max_length, source.path, self.num_proc
         )
@@ -250,7 +329,7 @@ class ChatDataModule(L.LightningDataModule):
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        lengths = ds["length"] if self.group_by_length else [1] * len(ds)
+        lengths = ds[LENGTH] if self.group_by_length else [1] * len(ds)
         sampler = LengthGroupedBatchSampler(
             lengths,
             batch_size,

@@ -6,7 +6,9 @@ response (y_o, sampled without principle) and the two principle system messages 
 ``system_bad`` (x+ / x−). A sequence is named ``"<prompt>|<response>"`` with prompts ``x``, ``x+``,
 ``x-`` and responses ``y+``, ``y-``, ``yo``; an objective declares which it needs, each is
 tokenised with the model's chat template (response tokens labelled, as everywhere), and the frozen
-reference's log-probs of each are computed once by the scoring engine and joined by id.
+reference's log-probs of each are computed once by the scoring engine
+(:func:`prefalign.scoring.frozen.attach_frozen_columns`, called by the training app) and joined by
+sample id at setup. Sequence names and their sequence-major layout: :mod:`prefalign.core.names`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ import datasets
 import torch
 
 from prefalign.core.errors import DataError, DropReport
+from prefalign.core.names import (
+    CHOSEN,
+    ID,
+    LENGTH,
+    PROMPT_SYSTEMS,
+    REJECTED,
+    RESPONSES,
+    parse_sequence,
+    reference_columns,
+    required_fields,
+    sequence_id,
+    stack_sequence_major,
+)
 from prefalign.data.batching import pad_collate
 from prefalign.data.chat import TemplateError, encode_conversation
 from prefalign.data.datamodule import ChatDataModule, DataSource
@@ -29,15 +44,12 @@ from prefalign.data.records import content_id
 
 log = logging.getLogger(__name__)
 
-PROMPT_SYSTEMS = {"x": None, "x+": "system_good", "x-": "system_bad"}
-RESPONSES = {"y+": "chosen", "y-": "rejected", "yo": "original"}
-
 
 @dataclass
 class PreferenceColumns:
     """Where a preference record's parts live in a raw row (any may be renamed)."""
 
-    id: str | None = "id"
+    id: str | None = ID
     prompt: str = "prompt"
     chosen: str = "chosen"
     rejected: str = "rejected"
@@ -52,27 +64,6 @@ class PreferenceColumns:
         if unknown:
             raise ValueError(f"data.columns: unknown keys {sorted(unknown)}")
         return cls(**cfg)
-
-
-def parse_sequence(name: str) -> tuple[str, str]:
-    """``"x+|y-"`` -> (``"x+"``, ``"y-"``), checking both parts."""
-    prompt, _, response = name.partition("|")
-    if prompt not in PROMPT_SYSTEMS or response not in RESPONSES:
-        raise ValueError(
-            f"unknown sequence {name!r}: prompts are {list(PROMPT_SYSTEMS)}, responses {list(RESPONSES)}"
-        )
-    return prompt, response
-
-
-def required_fields(sequences: Sequence[str]) -> list[str]:
-    """The record fields that the named sequences use."""
-    fields = ["prompt"]
-    for name in sequences:
-        prompt, response = parse_sequence(name)
-        for field_name in (PROMPT_SYSTEMS[prompt], RESPONSES[response]):
-            if field_name and field_name not in fields:
-                fields.append(field_name)
-    return fields
 
 
 def _text(value: Any) -> str | None:
@@ -137,7 +128,7 @@ def normalise_preferences(
             report.add(code, sample_id)
             continue
         seen[sample_id] = index
-        rows.append({"id": sample_id, **record})
+        rows.append({ID: sample_id, **record})
     if report.dropped:
         log.warning(report.summary(source))
     if not rows:
@@ -156,9 +147,10 @@ def sequence_messages(row: Mapping[str, Any], name: str) -> list[dict[str, str]]
 
 
 def sequences_as_conversations(ds: datasets.Dataset, sequences: Sequence[str]) -> datasets.Dataset:
-    """One conversation per (record, sequence), id ``"<id>::<sequence>"``: what the scoring engine reads."""
+    """One conversation per (record, sequence), id ``"<id>::<sequence>"``
+    (:func:`prefalign.core.names.sequence_id`): what the scoring engine reads."""
     rows = [
-        {"id": f"{row['id']}::{name}", "messages": sequence_messages(row, name)}
+        {ID: sequence_id(row[ID], name), "messages": sequence_messages(row, name)}
         for row in ds
         for name in sequences
     ]
@@ -175,20 +167,20 @@ def tokenize_preferences(
     report = DropReport(total=len(ds))
     rows = []
     for row in ds:
-        out: dict[str, Any] = {"id": row["id"]}
+        out: dict[str, Any] = {ID: row[ID]}
         longest, empty = 0, False
         for name in sequences:
             try:
-                enc = encode_conversation(tokenizer, sequence_messages(row, name), max_length, row["id"])
+                enc = encode_conversation(tokenizer, sequence_messages(row, name), max_length, row[ID])
             except TemplateError as err:
                 raise TemplateError(f"{source}: sequence {name}: {err}") from err
             out[f"{name}.input_ids"], out[f"{name}.labels"] = enc.input_ids, enc.labels
             longest = max(longest, len(enc.input_ids))
             empty |= enc.num_response_tokens == 0
         if empty:
-            report.add("response_truncated", row["id"])
+            report.add("response_truncated", row[ID])
             continue
-        out["length"] = longest
+        out[LENGTH] = longest
         for key, value in row.items():
             if key not in out and isinstance(value, (int, float, bool)) and not isinstance(value, str):
                 out[key] = value
@@ -202,69 +194,13 @@ def tokenize_preferences(
     return datasets.Dataset.from_list(rows), report
 
 
-def attach_reference(
-    ds: datasets.Dataset,
-    tokenised: datasets.Dataset,
-    sequences: Sequence[str],
-    reference: Mapping[str, Any],
-    max_length: int,
-    source: str,
-) -> datasets.Dataset:
-    """Join the frozen reference's log-prob sum and count of every sequence (``ref.<sequence>.sum`` / ``.count``).
-
-    The reference is scored by the scoring engine over :func:`sequences_as_conversations` (cached by
-    data, model, template and ``max_length``): missing scores are an error with the command to
-    run, unless ``reference.score_missing`` (score them now).
-    """
-    from prefalign.scoring.engine import (
-        ScoreCacheError,
-        find_cached_scores,
-        load_score_table,
-        score_conversations,
-    )
-
-    conversations = sequences_as_conversations(ds, sequences)
-    model_cfg = reference["model"]
-    folder, finished = find_cached_scores(conversations, model_cfg, max_length, reference["cache_dir"])
-    if finished:
-        table = load_score_table(folder)
-    elif reference.get("score_missing", False):
-        table = score_conversations(
-            conversations,
-            model_cfg,
-            max_length=max_length,
-            cache_dir=reference["cache_dir"],
-            member="reference",
-            source=source,
-            batch_size=int(reference.get("batch_size", 16)),
-        )
-    else:
-        raise ScoreCacheError(
-            f"{source}: no cached reference log-probs for this data (expected at {folder}); score them first "
-            "or set reference.score_missing=true"
-        )
-    sums = dict(zip(table.table["id"], table.table["logp_sum"], strict=True))
-    counts = dict(zip(table.table["id"], table.table["num_tokens"], strict=True))
-    columns: dict[str, list] = {}
-    for name in sequences:
-        keys = [f"{sample_id}::{name}" for sample_id in tokenised["id"]]
-        missing = [k for k in keys if k not in sums]
-        if missing:
-            raise ScoreCacheError(f"{source}: no reference score for sequence(s) {missing[:5]}")
-        columns[f"ref.{name}.sum"] = [sums[k] for k in keys]
-        columns[f"ref.{name}.count"] = [counts[k] for k in keys]
-    for column, values in columns.items():
-        tokenised = tokenised.add_column(column, values)
-    return tokenised
-
-
 def collate_sequences(
     samples: list[dict[str, Any]], sequences: Sequence[str], pad_token_id: int, share_prompts: bool = False
 ) -> dict[str, Any]:
     """Batch every sequence of every sample for one forward pass, sequence-major.
 
     Without ``share_prompts``, rows ``k*B .. (k+1)*B`` hold sequence ``sequences[k]`` of the ``B``
-    samples, each padded to the longest. With it, the sequences that share a prompt share one row
+    samples (:func:`prefalign.core.names.stack_sequence_major`), each padded to the longest. With it, the sequences that share a prompt share one row
     and the prompt is computed once (:func:`prefalign.data.packing.collate_shared_prompts`); scores
     come out in the same sequence-major order. Reference columns become ``(B,)`` tensors.
     """
@@ -272,65 +208,100 @@ def collate_sequences(
         batch = collate_shared_prompts(samples, sequences, pad_token_id)
     else:
         flat = [
-            {"id": s["id"], "input_ids": s[f"{name}.input_ids"], "labels": s[f"{name}.labels"]}
-            for name in sequences
-            for s in samples
+            {ID: s[ID], "input_ids": s[f"{name}.input_ids"], "labels": s[f"{name}.labels"]}
+            for name, s in stack_sequence_major(samples, sequences)
         ]
         batch = pad_collate(flat, pad_token_id)
-    batch["id"] = [s["id"] for s in samples]
+    batch[ID] = [s[ID] for s in samples]
     batch["sequences"] = list(sequences)
-    for key in samples[0]:
-        if key.startswith("ref."):
-            dtype = torch.float64 if key.endswith(".sum") else torch.long
-            batch[key] = torch.tensor([s[key] for s in samples], dtype=dtype)
+    for name in sequences:
+        total, count = reference_columns(name)
+        if total in samples[0]:
+            batch[total] = torch.tensor([s[total] for s in samples], dtype=torch.float64)
+            batch[count] = torch.tensor([s[count] for s in samples], dtype=torch.long)
     return batch
 
 
 class PreferenceDataModule(ChatDataModule):
-    """Preference data for multi-sequence objectives (DPO, IPO, SSO).
+    """Preference data for multi-sequence objectives (DPO, IPO, SSO, the reward model).
 
-    Arguments as :class:`ChatDataModule`, plus:
+    Arguments as :class:`ChatDataModule`, except ``noise`` and ``filter_top_fraction`` (settings of
+    chat data only), plus:
         columns: :class:`PreferenceColumns` config.
         sequences: the sequence names the objective needs (set by the training app).
-        reference: ``{model: <model config>, cache_dir, score_missing, batch_size}`` for precomputed
-            reference log-probs, or ``None`` when the module computes them live (or needs none).
         share_prompts: pack the sequences that share a prompt into one row, the prompt computed
             once (:mod:`prefalign.data.packing`; needs ``sdpa`` or ``eager`` attention).
+
+    Reference log-probs (``ref.<sequence>.sum`` / ``.count``) are required when the app lists them in
+    ``required_columns``, and added by :func:`prefalign.scoring.frozen.attach_frozen_columns`.
     """
 
     def __init__(
         self,
-        tokenizer,
-        train,
-        val=None,
-        columns=None,
-        sequences: Sequence[str] = ("x|y+", "x|y-"),
-        reference: Mapping[str, Any] | None = None,
+        tokenizer: Any,
+        train: Mapping[str, Any] | str,
+        val: Mapping[str, Any] | str | None = None,
+        columns: Mapping[str, Any] | None = None,
+        sequences: Sequence[str] = (CHOSEN, REJECTED),
         share_prompts: bool = True,
-        **kwargs: Any,
+        max_length: int = 2048,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        group_by_length: bool = True,
+        mega_batch_mult: int = 50,
+        pad_to_multiple_of: int | None = None,
+        on_invalid: str = "raise",
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        seed: int = 0,
+        required_columns: Sequence[str] = (),
     ) -> None:
-        super().__init__(tokenizer, train, val, columns=None, **kwargs)
+        super().__init__(
+            tokenizer,
+            train,
+            val,
+            columns=None,
+            max_length=max_length,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            group_by_length=group_by_length,
+            mega_batch_mult=mega_batch_mult,
+            pad_to_multiple_of=pad_to_multiple_of,
+            on_invalid=on_invalid,
+            num_workers=num_workers,
+            num_proc=num_proc,
+            seed=seed,
+            required_columns=required_columns,
+        )
         self.columns = PreferenceColumns.from_config(columns)
         self.sequences = tuple(sequences)
-        self.reference = reference
         self.share_prompts = share_prompts
 
-    def build(self, split: str) -> tuple[datasets.Dataset, DropReport]:
+    def load_records(self, split: str) -> tuple[datasets.Dataset, DropReport]:
+        """Validate and normalise one split's preference records (first ``limit`` kept)."""
         source: DataSource = self.sources[split]
-        raw = source.load()
         ds, report = normalise_preferences(
-            raw, self.columns, required_fields(self.sequences), source.path, self.on_invalid
+            source.load(), self.columns, required_fields(self.sequences), source.path, self.on_invalid
         )
         if source.limit is not None:
             ds = ds.select(range(min(source.limit, len(ds))))
+        return ds, report
+
+    def sequence_conversations(self, split: str) -> datasets.Dataset:
+        """Every (record, sequence) as a conversation (:func:`sequences_as_conversations`)."""
+        return sequences_as_conversations(self.records(split), self.sequences)
+
+    def build(self, split: str) -> tuple[datasets.Dataset, DropReport]:
+        """Tokenise every sequence, then join the added columns (reference log-probs) by sample id."""
+        source: DataSource = self.sources[split]
+        self.records(split)
+        ds, report = self._records.pop(split)
         tokenised, truncation = tokenize_preferences(
             ds, self.tokenizer, self.max_length, self.sequences, source.path
         )
         report.merge(truncation)
-        if self.reference is not None:
-            tokenised = attach_reference(
-                ds, tokenised, self.sequences, self.reference, self.max_length, source.path
-            )
+        tokenised = self.join_added_columns(split, tokenised, report)
+        self.check_columns(split, tokenised, self.columns_needed(split))
         log.info(report.summary(f"{split} ({source.path})"))
         return tokenised, report
 

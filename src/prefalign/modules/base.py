@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from transformers import PreTrainedModel, get_scheduler
 
+from prefalign.core.names import NOISE
 from prefalign.objectives.base import ObjectiveOutput
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -90,8 +91,8 @@ class AlignmentModule(L.LightningModule):
             self.log(f"{stage}/{name}", value.float().mean(), **options)
         for name in getattr(self.objective, "distribution_metrics", ()):
             self.log(f"{stage}/{name}_std", output.metrics[name].float().std(unbiased=False), **options)
-        if per_step and isinstance(batch.get("noise"), torch.Tensor):  # no sync: ranks may differ
-            self._log_by_noise(stage, output, batch["noise"].bool(), options)
+        if per_step and isinstance(batch.get(NOISE), torch.Tensor):  # no sync: ranks may differ
+            self._log_by_noise(stage, output, batch[NOISE].bool(), options)
 
     def _log_by_noise(
         self, stage: str, output: ObjectiveOutput, noise: torch.Tensor, options: dict[str, Any]

@@ -8,22 +8,19 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from prefalign.core.names import reference_columns, split_sequence_major
 from prefalign.data.packing import shared_prompt_attention_mask
+from prefalign.data.preference import PreferenceDataModule
 from prefalign.modules.base import AlignmentModule
-from prefalign.objectives.base import ObjectiveOutput
-from prefalign.objectives.pairwise import MultiSequenceObjective
+from prefalign.objectives.base import MultiSequenceObjective, ObjectiveOutput
 from prefalign.scoring.logprobs import SequenceLogProbs, gathered_sequence_logprobs, sequence_logprobs
 
 
 def split_by_sequence(scores: SequenceLogProbs, names: list[str]) -> dict[str, SequenceLogProbs]:
-    """Undo the sequence-major stacking of :func:`prefalign.data.preference.collate_sequences`."""
-    size = scores.sum.shape[0] // len(names)
-    return {
-        name: SequenceLogProbs(
-            sum=scores.sum[k * size : (k + 1) * size], count=scores.count[k * size : (k + 1) * size]
-        )
-        for k, name in enumerate(names)
-    }
+    """Undo the sequence-major stacking of :func:`prefalign.data.preference.collate_sequences`
+    (:func:`prefalign.core.names.split_sequence_major`)."""
+    sums, counts = split_sequence_major(scores.sum, names), split_sequence_major(scores.count, names)
+    return {name: SequenceLogProbs(sum=sums[name], count=counts[name]) for name in names}
 
 
 class MultiSequenceModule(AlignmentModule):
@@ -37,6 +34,9 @@ class MultiSequenceModule(AlignmentModule):
     Arguments as :class:`AlignmentModule`, plus ``reference_model``.
     """
 
+    # The data module class whose batches this module reads (checked by the training app).
+    data_module = PreferenceDataModule
+
     def __init__(
         self,
         model,
@@ -49,7 +49,8 @@ class MultiSequenceModule(AlignmentModule):
         if not isinstance(objective, MultiSequenceObjective):
             raise TypeError(
                 f"{type(objective).__name__} is not a multi-sequence objective; "
-                "set `module._target_` to the LightningModule for its batch shape"
+                "the objective names its LightningModule (its `module` attribute), and a "
+                "`module._target_` override must name that same class"
             )
         super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows)
         self.reference_model = (
@@ -88,16 +89,17 @@ class MultiSequenceModule(AlignmentModule):
         if self.reference_model is not None:
             with torch.no_grad():
                 return split_by_sequence(self._score(self.reference_model, batch), names)
-        if f"ref.{names[0]}.sum" not in batch:
+        if reference_columns(names[0])[0] not in batch:
             if self.objective.needs_reference:
                 raise KeyError(
                     "the batch has no reference log-probs (ref.<sequence>.sum) and no live reference model"
                 )
             return None
-        return {
-            name: SequenceLogProbs(sum=batch[f"ref.{name}.sum"].float(), count=batch[f"ref.{name}.count"])
-            for name in names
-        }
+        reference = {}
+        for name in names:
+            total, count = reference_columns(name)
+            reference[name] = SequenceLogProbs(sum=batch[total].float(), count=batch[count])
+        return reference
 
     def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
         names = list(batch["sequences"])
@@ -117,6 +119,8 @@ class RewardModelModule(AlignmentModule):
     sequence name and passed to the objective (e.g. :class:`prefalign.objectives.reward.BradleyTerry`).
     """
 
+    data_module = PreferenceDataModule
+
     def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
         if "segment_ids" in batch:
             raise ValueError(
@@ -127,6 +131,4 @@ class RewardModelModule(AlignmentModule):
         rewards = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
             :, 0
         ]
-        size = rewards.shape[0] // len(names)
-        by_name = {name: rewards[k * size : (k + 1) * size] for k, name in enumerate(names)}
-        return self.objective(by_name, None, batch)
+        return self.objective(split_sequence_major(rewards, names), None, batch)

@@ -14,18 +14,15 @@ With h = (log π(y+) − log π_ref(y+)) − (log π(y−) − log π_ref(y−))
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prefalign.objectives.base import ObjectiveOutput
+from prefalign.core.names import CHOSEN, REJECTED
+from prefalign.objectives.base import MultiSequenceObjective, ObjectiveOutput
 from prefalign.scoring.logprobs import SequenceLogProbs
-
-CHOSEN, REJECTED = "x|y+", "x|y-"
 
 
 @dataclass
@@ -106,27 +103,6 @@ def make_base_loss(name: str, beta: float) -> PairwiseLoss:
     if name not in BASE_LOSSES:
         raise ValueError(f"objective.base must be one of {sorted(BASE_LOSSES)}, got {name!r}")
     return BASE_LOSSES[name](beta)
-
-
-class MultiSequenceObjective(nn.Module):
-    """An objective over several named (prompt, response) sequences per sample.
-
-    Attributes:
-        sequences: the sequence names the module must score, e.g. ``("x|y+", "x|y-")``.
-        needs_reference: whether reference log-probs of those sequences are required.
-    """
-
-    sequences: tuple[str, ...] = ()
-    needs_reference: bool = True
-    distribution_metrics: tuple[str, ...] = ()
-
-    def forward(
-        self,
-        policy: Mapping[str, SequenceLogProbs],
-        reference: Mapping[str, SequenceLogProbs] | None,
-        batch: Mapping[str, Any],
-    ) -> ObjectiveOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 def pair_metrics(terms: PairTerms, prefix: str = "") -> dict[str, torch.Tensor]:

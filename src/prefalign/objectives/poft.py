@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from prefalign.core.names import ALIGNED_SCORE, NOISE
 from prefalign.objectives.base import ObjectiveOutput, SingleSequenceObjective
 from prefalign.scoring.logprobs import SequenceLogProbs
 
@@ -34,7 +35,7 @@ class PoFT(SingleSequenceObjective):
             tags included) while the aligned LLMs' scores cover the response only.
     """
 
-    batch_columns: tuple[str, ...] = ("aligned_score",)
+    batch_columns: tuple[str, ...] = (ALIGNED_SCORE,)
     distribution_metrics: tuple[str, ...] = ("tau", "margin")
 
     def __init__(self, scored_tokens: str = "response") -> None:
@@ -49,7 +50,7 @@ class PoFT(SingleSequenceObjective):
 
     def forward(self, policy: SequenceLogProbs, batch: Mapping[str, Any]) -> ObjectiveOutput:
         r_theta = policy.mean
-        r_agg = batch["aligned_score"].to(r_theta)
+        r_agg = batch[ALIGNED_SCORE].to(r_theta)
         margin = r_theta - r_agg
         sign = self.preference_sign(batch, margin)
         losses = -F.logsigmoid(sign * margin)
@@ -69,13 +70,13 @@ class PoFT(SingleSequenceObjective):
 class BiPoFT(PoFT):
     """bi-PoFT (eq. 12): the preference is reversed on samples whose ``noise`` column is true."""
 
-    batch_columns = ("aligned_score", "noise")
+    batch_columns = (ALIGNED_SCORE, NOISE)
 
     def preference_sign(self, batch: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
-        noise = batch["noise"].to(device=like.device, dtype=torch.bool)
+        noise = batch[NOISE].to(device=like.device, dtype=torch.bool)
         return torch.where(noise, -torch.ones_like(like), torch.ones_like(like))
 
     def forward(self, policy: SequenceLogProbs, batch: Mapping[str, Any]) -> ObjectiveOutput:
         output = super().forward(policy, batch)
-        output.metrics["noise"] = batch["noise"].to(policy.sum).detach()
+        output.metrics["noise"] = batch[NOISE].to(policy.sum).detach()
         return output

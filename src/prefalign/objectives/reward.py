@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from prefalign.objectives.base import ObjectiveOutput
-from prefalign.objectives.pairwise import CHOSEN, REJECTED, MultiSequenceObjective
+from prefalign.core.names import CHOSEN, REJECTED
+from prefalign.objectives.base import MultiSequenceObjective, ObjectiveOutput
 
 
 class BradleyTerry(MultiSequenceObjective):
@@ -19,6 +19,8 @@ class BradleyTerry(MultiSequenceObjective):
         margin_l2: optional coefficient of an L2 penalty on the rewards (keeps them centred); 0 disables it.
     """
 
+    # a scalar reward per sequence, read at its last token: one row per sequence
+    module = "prefalign.modules.RewardModelModule"
     sequences = (CHOSEN, REJECTED)
     needs_reference = False
     distribution_metrics = ("rewards/margins",)

@@ -21,18 +21,27 @@ from __future__ import annotations
 
 import torch
 
-from prefalign.objectives.base import ObjectiveOutput
-from prefalign.objectives.pairwise import (
+from prefalign.core.names import (
     CHOSEN,
     REJECTED,
-    MultiSequenceObjective,
+    X_BAD,
+    X_GOOD,
+    Y_CHOSEN,
+    Y_ORIGINAL,
+    Y_REJECTED,
+    sequence,
+)
+from prefalign.objectives.base import MultiSequenceObjective, ObjectiveOutput
+from prefalign.objectives.pairwise import (
     make_base_loss,
     pair_metrics,
 )
 
-STEER_CHOSEN, STEER_REJECTED = "x+|y+", "x+|y-"  # G's first term: under the good principle
-GUARD_CHOSEN, GUARD_REJECTED = "x-|yo", "x-|y+"  # G's second term: under the bad principle, y_o over y+
-W_PRIME_EXTRA = "x+|yo"  # with GUARD_CHOSEN (x-|yo), the two sequences of W′
+# G's first term: under the good principle, y+ over y-
+STEER_CHOSEN, STEER_REJECTED = sequence(X_GOOD, Y_CHOSEN), sequence(X_GOOD, Y_REJECTED)
+# G's second term: under the bad principle, y_o over y+
+GUARD_CHOSEN, GUARD_REJECTED = sequence(X_BAD, Y_ORIGINAL), sequence(X_BAD, Y_CHOSEN)
+W_PRIME_EXTRA = sequence(X_GOOD, Y_ORIGINAL)  # with GUARD_CHOSEN (x-|yo), the two sequences of W′
 WEIGHTS = ("w", "w_prime")
 SCOPES = ("all", "steering_only")
 

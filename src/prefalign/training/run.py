@@ -1,5 +1,7 @@
 """Running a training task from a composed ``train`` config: loggers, strategy, the objective's
-wiring to data and module, the fit, and a wrapper that always closes the W&B run.
+wiring to data and module (the objective names its LightningModule), the frozen-model columns
+(:func:`prefalign.scoring.frozen.attach_frozen_columns`, before the fit), the fit, and a wrapper
+that always closes the W&B run.
 
 The ``prefalign-train`` app (:mod:`prefalign.apps.train`) and the SSO pipeline's iterations both
 train through :func:`train` inside :func:`run_task`.
@@ -8,6 +10,7 @@ train through :func:`train` inside :func:`run_task`.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -20,9 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefalign.config import hydra_run_info, validate_train_config
 from prefalign.core.errors import ConfigError
+from prefalign.data.datamodule import ChatDataModule
 from prefalign.data.preference import PreferenceDataModule
 from prefalign.models.loading import load_model_and_tokenizer
-from prefalign.objectives.pairwise import MultiSequenceObjective
+from prefalign.objectives.base import Objective
+from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -70,48 +75,91 @@ def build_strategy(trainer_cfg: DictConfig, model: Any) -> Any:
     return strategy
 
 
-def objective_wiring(cfg: DictConfig, objective: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What the data module and the LightningModule need to know about the objective.
+def objective_wiring(cfg: DictConfig, objective: Objective) -> tuple[type, dict[str, Any], dict[str, Any]]:
+    """The LightningModule class the objective names, and what the data module and the module need.
 
-    One-sequence objectives name the extra columns they read (aligned scores come from the
-    ``aligned`` ensemble); multi-sequence objectives name their sequences and get reference
-    log-probs precomputed by the scoring engine (``reference.mode: precomputed``) or from a live
-    frozen model (``reference.mode: live``).
+    The objective declares everything (:class:`prefalign.objectives.base.Objective`): its module
+    (one per batch shape), its sequences, its batch columns and whether it needs a reference. A
+    reference is precomputed by the scoring engine (``reference.mode: precomputed``, its columns
+    then required from the data) or, for modules that take one, a live frozen model
+    (``reference.mode: live``). A ``module._target_`` set in the config must name the objective's
+    module. Returns ``(module class, data kwargs, module kwargs)``.
     """
-    if not isinstance(objective, MultiSequenceObjective):
-        aligned = OmegaConf.to_container(cfg.aligned, resolve=True) if cfg.get("aligned") else None
-        return {"required_columns": list(objective.batch_columns), "aligned": aligned}, {}
-    reference = OmegaConf.to_container(cfg.reference, resolve=True) if cfg.get("reference") else None
-    data_kwargs: dict[str, Any] = {"sequences": list(objective.sequences), "reference": None}
+    module_cls = get_class(objective.module)
+    name = type(objective).__name__
+    target = OmegaConf.select(cfg, "module._target_", default=None)
+    if target is not None and get_class(target) is not module_cls:
+        raise ConfigError(
+            f"config key `module._target_`: the LightningModule is chosen by the objective now "
+            f"({name}.module = {objective.module!r}); remove the override (or set it to that class)"
+        )
+    data_cls = get_class(cfg.data._target_)
+    expected = module_cls.data_module
+    if not issubclass(data_cls, expected) or (
+        expected is ChatDataModule and issubclass(data_cls, PreferenceDataModule)
+    ):
+        kind = (
+            "preference data (e.g. data=tiny_preference)" if expected is PreferenceDataModule else "chat data"
+        )
+        raise ConfigError(f"config keys `objective` / `data`: {name} trains on {kind}")
+    mode = OmegaConf.select(cfg, "reference.mode", default="precomputed")
+    live = objective.needs_reference and mode == "live"
+    data_kwargs: dict[str, Any] = {
+        "required_columns": objective.required_columns(precomputed_reference=not live)
+    }
+    if issubclass(data_cls, PreferenceDataModule):
+        data_kwargs["sequences"] = list(objective.sequences)
     module_kwargs: dict[str, Any] = {}
     if objective.needs_reference:
-        if reference is None:
-            raise ConfigError(f"config key `reference`: {type(objective).__name__} needs a reference model")
-        if reference.get("mode", "precomputed") == "live":
-            module_kwargs["reference_model"], _ = load_model_and_tokenizer(reference["model"])
-        else:
-            data_kwargs["reference"] = reference
-    return data_kwargs, module_kwargs
+        if cfg.get("reference") is None:
+            raise ConfigError(f"config key `reference`: {name} needs a reference model")
+        if live:
+            if "reference_model" not in inspect.signature(module_cls).parameters:
+                raise ConfigError(
+                    f"config key `reference.mode`: {module_cls.__name__} takes no live reference model; "
+                    "use reference.mode=precomputed"
+                )
+            module_kwargs["reference_model"], _ = load_model_and_tokenizer(cfg.reference.model)
+    return module_cls, data_kwargs, module_kwargs
+
+
+def check_data_keys(cfg: DictConfig) -> None:
+    """A :class:`ConfigError` naming every ``data`` key the chosen data module does not take
+    (e.g. ``noise`` or ``filter_top_fraction`` with preference data)."""
+    data_cls = get_class(cfg.data._target_)
+    accepted = set(inspect.signature(data_cls).parameters) - {"tokenizer"}
+    unknown = sorted(k for k in cfg.data if not str(k).startswith("_") and k not in accepted)
+    if unknown:
+        keys = ", ".join(f"`data.{k}`" for k in unknown)
+        raise ConfigError(
+            f"config key(s) {keys}: not a setting of {data_cls.__name__} (it takes {sorted(accepted)})"
+        )
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Build everything from the config, fit, and return the final callback metrics."""
+    """Build everything from the config, attach frozen-model columns, fit, and return the final
+    callback metrics."""
     validate_train_config(cfg)
+    check_data_keys(cfg)
     L.seed_everything(cfg.seed, workers=True)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     objective = instantiate(cfg.objective)
-    multi_sequence = isinstance(objective, MultiSequenceObjective)
-    if multi_sequence != issubclass(get_class(cfg.data._target_), PreferenceDataModule):
-        kind = "preference data (e.g. data=tiny_preference)" if multi_sequence else "chat data"
-        raise ConfigError(f"config keys `objective` / `data`: {type(objective).__name__} trains on {kind}")
-    data_kwargs, module_kwargs = objective_wiring(cfg, objective)
+    module_cls, data_kwargs, module_kwargs = objective_wiring(cfg, objective)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, **data_kwargs)
-    module = instantiate(
-        cfg.module,
+    attach_frozen_columns(
+        datamodule,
+        aligned=OmegaConf.to_container(cfg.aligned, resolve=True) if cfg.get("aligned") else None,
+        reference=OmegaConf.to_container(cfg.reference, resolve=True) if cfg.get("reference") else None,
+    )
+    module_cfg = {
+        k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "_target_"
+    }
+    module = module_cls(
         model=model,
         objective=objective,
         optimizer=instantiate(cfg.optimizer),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        **module_cfg,
         **module_kwargs,
     )
     loggers = build_loggers(cfg)
