@@ -1,4 +1,4 @@
-"""Joining cached member scores to the data by id, aggregation, missing and bad scores."""
+"""Aligned-score columns from cached member scores, by id: aggregation, missing and bad scores."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import datasets
 import pytest
 from conftest import CPU
 
-from prefalign.scoring.aligned import attach_aligned_scores, members_used
+from prefalign.scoring.aligned import members_used
 from prefalign.scoring.engine import ScoreCacheError, score_conversations
+from prefalign.scoring.frozen import aligned_score_columns
+
+
+def attach_aligned_scores(ds, aligned_cfg, source, trainer_kwargs=None):
+    """The columns of :func:`aligned_score_columns` as a dataset of rows, for the assertions below."""
+    columns, report = aligned_score_columns(ds, aligned_cfg, source, trainer_kwargs)
+    return datasets.Dataset.from_dict(columns), report
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The PoFT data recipe in the data module: hand-crafted noise and score-based filtering."""
+"""The PoFT data recipe in the data module: hand-crafted noise and score-based filtering (the aligned
+scores attached before setup by prefalign.scoring.frozen, as the training app does)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 
 from prefalign.config import bundled
 from prefalign.data.datamodule import ChatDataModule
+from prefalign.scoring.frozen import attach_frozen_columns
 
 NOISE = {"num_samples": 12, "seed": 3, "insert_rate": 0.05, "delete_rate": 0.05, "modify_rate": 0.05}
 
@@ -22,8 +24,8 @@ def aligned(session_cache, tmp_path):
     }
 
 
-def _datamodule(tokenizer, **kwargs):
-    return ChatDataModule(
+def _datamodule(tokenizer, aligned=None, **kwargs):
+    dm = ChatDataModule(
         tokenizer,
         train={"path": bundled("tiny_chat_train.jsonl"), "limit": 40},
         val={"path": bundled("tiny_chat_val.jsonl"), "limit": 8},
@@ -31,6 +33,8 @@ def _datamodule(tokenizer, **kwargs):
         batch_size=8,
         **kwargs,
     )
+    attach_frozen_columns(dm, aligned=aligned)
+    return dm
 
 
 def test_noise_is_mixed_into_training_only_and_labelled(tiny_model_and_tokenizer):

@@ -10,10 +10,12 @@ from torch.testing import assert_close
 
 from prefalign.config import bundled
 from prefalign.core.errors import ConfigError
+from prefalign.core.names import reference_columns
 from prefalign.data.preference import PreferenceDataModule
 from prefalign.generation.principles import load_principles, principle_system_message
 from prefalign.modules import MultiSequenceModule
 from prefalign.objectives import SSO, CrossEntropy, PairwisePreference
+from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.scoring.logprobs import sequence_logprobs
 from prefalign.training.run import run_task, train
 
@@ -46,11 +48,12 @@ def _batch(tokenizer, path, sequences, reference=None, share_prompts=True):
         tokenizer,
         train={"path": str(path), "limit": 8},
         sequences=sequences,
-        reference=reference,
+        required_columns=[c for name in sequences for c in reference_columns(name)] if reference else [],
         max_length=1024,
         batch_size=4,
         share_prompts=share_prompts,
     )
+    attach_frozen_columns(dm, reference=reference)  # what the training app does before the fit
     dm.setup()
     return next(iter(dm.train_dataloader()))
 
