@@ -14,7 +14,7 @@ from prefalign.core.names import reference_columns
 from prefalign.data.preference import PreferenceDataModule
 from prefalign.generation.principles import load_principles, principle_system_message
 from prefalign.modules import MultiSequenceModule
-from prefalign.objectives import SSO, CrossEntropy, PairwisePreference
+from prefalign.objectives import SSO, PairwisePreference
 from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.scoring.logprobs import sequence_logprobs
 from prefalign.training.run import run_task, train
@@ -114,12 +114,6 @@ def test_precomputed_reference_equals_the_live_reference(
     )
 
 
-def test_modules_reject_objectives_of_the_other_batch_shape(tiny_model_and_tokenizer):
-    model, _ = tiny_model_and_tokenizer
-    with pytest.raises(TypeError, match="not a multi-sequence objective"):
-        MultiSequenceModule(model, CrossEntropy(), optimizer=None)
-
-
 @pytest.mark.parametrize("objective", ["dpo", "ipo"])
 def test_dpo_and_ipo_train_from_the_config(compose_train, objective):
     cfg = compose_train(
@@ -180,6 +174,42 @@ def test_mismatched_objective_and_data_are_a_config_error(compose_train):
         train(compose_train(["objective=dpo", "data=tiny_chat"]))
     with pytest.raises(ConfigError, match="chat data"):
         train(compose_train(["objective=ce", "data=tiny_preference"]))
+
+
+def test_settings_of_another_data_module_are_a_config_error_naming_the_key(compose_train):
+    for key in ("+data.noise={num_samples: 4}", "+data.filter_top_fraction=0.5", "+data.aligned={}"):
+        with pytest.raises(
+            ConfigError, match=rf"`data\.{key[6:].split('=')[0]}`: not a setting of PreferenceDataModule"
+        ):
+            train(compose_train(["objective=dpo", "data=tiny_preference", key]))
+    with pytest.raises(ConfigError, match=r"`data\.share_prompts`: not a setting of ChatDataModule"):
+        train(compose_train(["objective=ce", "+data.share_prompts=false"]))
+
+
+def test_a_module_target_other_than_the_objectives_module_is_a_config_error(compose_train):
+    with pytest.raises(ConfigError, match=r"module._target_.*PairwisePreference.module"):
+        train(
+            compose_train(
+                [
+                    "objective=dpo",
+                    "data=tiny_preference",
+                    "module._target_=prefalign.modules.SingleSequenceModule",
+                ]
+            )
+        )
+    cfg = compose_train(
+        [
+            "objective=dpo",
+            "data=tiny_preference",
+            "data.train.limit=8",
+            "data.val=null",
+            "module._target_=prefalign.modules.MultiSequenceModule",  # the objective's own: accepted
+            "module.logprob_chunk_rows=2",
+            "trainer.max_steps=1",
+            "logger=csv",
+        ]
+    )
+    assert "train/loss" in run_task(train, cfg)
 
 
 def test_shared_prompt_rows_with_flash_attention_are_a_config_error(compose_train):
