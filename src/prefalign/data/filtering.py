@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import datasets
 
 from prefalign.core.errors import DataError
+from prefalign.core.names import ALIGNED_SCORE
 
 
 @dataclass
@@ -34,7 +35,7 @@ class FilterReport:
 
 
 def filter_top_fraction(
-    ds: datasets.Dataset, fraction: float, score_column: str = "aligned_score"
+    ds: datasets.Dataset, fraction: float, score_column: str = ALIGNED_SCORE
 ) -> tuple[datasets.Dataset, FilterReport]:
     """Keep the ``fraction`` of rows with the highest ``score_column`` (ties broken by id).
 

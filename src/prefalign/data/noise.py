@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import datasets
 
 from prefalign.core.errors import DataError
+from prefalign.core.names import NOISE
 
 DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + " "
 
@@ -114,7 +115,7 @@ def make_noise_samples(ds: datasets.Dataset, config: NoiseConfig) -> datasets.Da
             {
                 "id": f"noise-{config.seed}-{i}",
                 "messages": [*prompt[:last_assistant], {"role": "assistant", "content": corrupted}],
-                "noise": True,
+                NOISE: True,
                 "noise_source_prompt_id": ids[prompt_row],
                 "noise_source_response_id": ids[response_row],
             }
@@ -123,7 +124,7 @@ def make_noise_samples(ds: datasets.Dataset, config: NoiseConfig) -> datasets.Da
         {
             "id": datasets.Value("string"),
             "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-            "noise": datasets.Value("bool"),
+            NOISE: datasets.Value("bool"),
             "noise_source_prompt_id": datasets.Value("string"),
             "noise_source_response_id": datasets.Value("string"),
         }
@@ -136,7 +137,7 @@ def mix_with_noise(clean: datasets.Dataset, noise: datasets.Dataset, seed: int) 
 
     Extra columns of the clean data are kept, empty (None) on noise rows.
     """
-    clean = clean.add_column("noise", [False] * len(clean))
+    clean = clean.add_column(NOISE, [False] * len(clean))
     for column in ("noise_source_prompt_id", "noise_source_response_id"):
         clean = clean.add_column(column, [""] * len(clean))
     only_noise = sorted(set(noise.column_names) - set(clean.column_names))

@@ -78,5 +78,5 @@ class BiPoFT(PoFT):
 
     def forward(self, policy: SequenceLogProbs, batch: Mapping[str, Any]) -> ObjectiveOutput:
         output = super().forward(policy, batch)
-        output.metrics["noise"] = batch[NOISE].to(policy.sum).detach()
+        output.metrics[NOISE] = batch[NOISE].to(policy.sum).detach()
         return output
