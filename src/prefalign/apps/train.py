@@ -1,5 +1,7 @@
-"""``prefalign-train``: fine-tune a causal LM with any objective (CE, PoFT, bi-PoFT, DPO, IPO, SSO,
-the reward model).
+"""``prefalign-train``: fine-tune a causal LM with any objective: CE, PoFT, bi-PoFT on chat data;
+DPO, IPO, SSO and the reward model on preference data. The objective names its LightningModule
+(one per batch shape); frozen-model columns it needs (aligned scores, reference log-probs) are
+loaded from the score cache or scored before the fit (:func:`prefalign.training.run.train`).
 
 Examples::
 
