@@ -6,13 +6,14 @@ import datasets
 import pytest
 import torch
 
-from prefalign.core.errors import DataError
+from prefalign.config import bundled
+from prefalign.core.errors import DataError, DropReport
+from prefalign.core.names import CHOSEN, REJECTED, parse_sequence, reference_columns, required_fields
 from prefalign.data.preference import (
     PreferenceColumns,
+    PreferenceDataModule,
     collate_sequences,
     normalise_preferences,
-    parse_sequence,
-    required_fields,
     sequence_messages,
     tokenize_preferences,
 )
@@ -108,3 +109,59 @@ def test_collation_stacks_sequences_sequence_major(make_tokenizer):
     second = torch.tensor(samples[0]["x|y-.input_ids"])
     assert torch.equal(batch["input_ids"][2, : len(second)], second)  # row 2: sample 0, sequence x|y-
     assert batch["ref.x|y+.sum"].dtype == torch.float64 and batch["ref.x|y+.count"].tolist() == [3, 3]
+
+
+def _pairs_module(make_tokenizer, **kwargs):
+    return PreferenceDataModule(
+        make_tokenizer("chatml"),
+        train={"path": bundled("tiny_pref_train.jsonl"), "limit": 6},
+        max_length=256,
+        batch_size=3,
+        **kwargs,
+    )
+
+
+def test_added_columns_are_joined_by_id_and_collated(make_tokenizer):
+    required = [*reference_columns(CHOSEN), *reference_columns(REJECTED)]
+    dm = _pairs_module(make_tokenizer, required_columns=required)
+    ids = list(reversed(dm.records("train")["id"]))  # any order: joined by id
+    dm.add_columns(
+        "train",
+        {
+            "id": ids,
+            "ref.x|y+.sum": [-float(i) for i in range(6)],
+            "ref.x|y+.count": list(range(1, 7)),
+            "ref.x|y-.sum": [-10.0 - i for i in range(6)],
+            "ref.x|y-.count": list(range(11, 17)),
+        },
+    )
+    dm.setup()
+    train = dm.datasets["train"]
+    expected = {sample_id: -float(i) for i, sample_id in enumerate(ids)}
+    assert train["ref.x|y+.sum"] == [expected[i] for i in train["id"]]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["ref.x|y+.sum"].dtype == torch.float64 and batch["ref.x|y-.count"].dtype == torch.long
+    assert batch["ref.x|y-.sum"].tolist() == [-10.0 - ids.index(i) for i in batch["id"]]
+
+
+def test_samples_missing_from_added_columns_are_counted_drops_or_an_error(make_tokenizer):
+    dm = _pairs_module(make_tokenizer)
+    ids = dm.records("train")["id"]
+    dropped = DropReport(total=6)
+    dropped.add("missing_score_z", ids[0])
+    dm.add_columns("train", {"id": ids[1:], "score": [1.0] * 5}, dropped)
+    dm.setup()
+    assert dm.datasets["train"]["id"] == ids[1:]
+    assert dm.drop_counts()["data/train_dropped_missing_score_z"] == 1
+    uncounted = _pairs_module(make_tokenizer)
+    uncounted.add_columns("train", {"id": ids[1:], "score": [1.0] * 5})
+    with pytest.raises(
+        DataError, match=rf"no value of column\(s\) \['score'\] for 1 sample\(s\) \(e.g. ids \['{ids[0]}'\]\)"
+    ):
+        uncounted.setup()
+
+
+def test_required_reference_columns_without_them_name_the_frozen_step(make_tokenizer):
+    dm = _pairs_module(make_tokenizer, required_columns=list(reference_columns(CHOSEN)))
+    with pytest.raises(DataError, match="attach_frozen_columns"):
+        dm.setup()
