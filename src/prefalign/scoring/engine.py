@@ -205,7 +205,7 @@ class _GroupRanks(_Ranks):
     def __init__(self, timeout_s: float | None, temporary: bool) -> None:
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
-        self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", self.rank)))
         self.temporary = temporary
         timeout = datetime.timedelta(seconds=(timeout_s or 7 * 24 * 3600) + 600)
         self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
