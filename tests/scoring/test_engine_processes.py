@@ -131,3 +131,41 @@ def test_two_concurrent_jobs_on_one_cache_both_finish_and_score_once(conversatio
     for result in results:
         assert result["means"] == pytest.approx(single, rel=1e-5)
     _assert_finished_cache_only(tmp_path / "cache")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_prefalign_score_with_ddp_subprocess_launcher_scores_once_and_matches_one_process(tmp_path):
+    """``prefalign-score trainer.devices=2 trainer.strategy=ddp``: Lightning re-runs the app as rank 1.
+
+    The first (split, member) is launched by Lightning's predict; the later ones find the group
+    initialised. Every table is split between the two ranks and equals the one-process run's.
+    """
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env["PREFALIGN_ROOT"] = str(tmp_path)
+
+    def score(cache: str, *extra: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-m", "prefalign.apps.score", f"aligned.cache_dir={tmp_path / cache}"]
+            + ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", *extra],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return run.stdout + run.stderr
+
+    from prefalign.scoring.engine import load_score_table
+
+    log = score("ddp", "trainer.devices=2", "trainer.strategy=ddp")
+    assert log.count("512 sample(s) to score in 2 shard(s) on 2 rank(s)") >= 2  # train, both members
+    assert log.count("64 sample(s) to score in 2 shard(s) on 2 rank(s)") >= 2  # val, both members
+    score("one")
+    folders = sorted(p.name for p in (tmp_path / "ddp").iterdir())
+    assert folders == sorted(p.name for p in (tmp_path / "one").iterdir()) and len(folders) == 4
+    for name in folders:
+        assert sorted(p.name for p in (tmp_path / "ddp" / name).iterdir()) == ["meta.json", "table"]
+        ddp = load_score_table(tmp_path / "ddp" / name).mean_by_id()
+        assert ddp == pytest.approx(load_score_table(tmp_path / "one" / name).mean_by_id(), rel=1e-5)

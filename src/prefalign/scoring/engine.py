@@ -59,6 +59,7 @@ Each rank needs ``cache_dir`` on a file system all ranks share (as for checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -473,8 +474,11 @@ def _clean(folder: Path) -> None:
     shutil.rmtree(folder / "shards", ignore_errors=True)
     for stray in folder.glob(".table.*"):
         shutil.rmtree(stray, ignore_errors=True)
-    for stray in folder.glob("*.tmp"):
-        stray.unlink(missing_ok=True)
+    (folder / "meta.tmp").unlink(missing_ok=True)
+    for stray in folder.glob(".lock.*.tmp"):  # left by a process killed while taking the lock
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - stray.stat().st_mtime > 60:
+                stray.unlink()
 
 
 def _finish(
@@ -751,6 +755,7 @@ class _Job:
                     self.log_plan(tokenised, reuse, plan, ranks.world)
                     decision["plan"], decision["reuse"] = plan, [str(p) for p in reuse]
             except BaseException as err:  # tell the other ranks before raising
+                lock.release()
                 own_error, decision["error"] = err, f"rank 0: {type(err).__name__}: {err}"
         decision = ranks.broadcast(decision)
         if own_error is not None:
