@@ -144,7 +144,7 @@ def test_non_finite_scores_are_an_error_naming_the_id(conversations, members, tm
         return result
 
     monkeypatch.setattr(engine, "sequence_logprobs", poisoned)
-    with pytest.raises(ScoreCacheError, match=r"non-finite score .* for id syn-"):
+    with pytest.raises(ScoreCacheError, match=r"\(id=syn-[^)]*\): non-finite score \(nan\)"):
         score_conversations(
             conversations, members["zephyr_bytes"], max_length=256, cache_dir=tmp_path, trainer_kwargs=CPU
         )

@@ -4,6 +4,11 @@ Examples::
 
     prefalign-score                                   # tiny ensemble on the bundled chats
     prefalign-score aligned=paper data=ultrachat200k trainer.devices=8 trainer.strategy=ddp
+    srun --ntasks=16 prefalign-score aligned=paper data=ultrachat200k   # 2 nodes x 8 GPUs
+
+With several devices every rank scores its shards of each (split, member) once and reads the
+finished tables (:mod:`prefalign.scoring.engine`); only rank 0 logs the summary. Two jobs scoring
+the same data and model at once share the cache: one scores, the other waits (``lock_timeout``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import hydra
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.config import config_dir, register_resolvers
@@ -24,7 +30,7 @@ register_resolvers()
 
 
 def score(cfg: DictConfig) -> list[dict]:
-    """Score every requested split with every member the aggregation uses; return a summary row each."""
+    """Score every requested split with every member the aggregation uses; return a summary row each (every rank)."""
     aligned = OmegaConf.to_container(cfg.aligned, resolve=True)
     columns = ColumnMap.from_config(OmegaConf.to_container(cfg.data.columns, resolve=True))
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -49,9 +55,8 @@ def score(cfg: DictConfig) -> list[dict]:
                 batch_size=int(aligned.get("batch_size", 16)),
                 shard_size=int(cfg.shard_size),
                 trainer_kwargs=trainer_kwargs,
+                lock_timeout=cfg.get("lock_timeout"),
             )
-            if table is None:  # a non-zero rank of a multi-process run
-                continue
             means = list(table.mean_by_id().values())
             rows.append(
                 {
@@ -64,7 +69,8 @@ def score(cfg: DictConfig) -> list[dict]:
                     "path": str(table.path),
                 }
             )
-    for row in rows:
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    for row in rows if rank == 0 else []:
         log.info(
             "%(split)-6s %(member)-14s scored=%(scored)d dropped=%(dropped)d mean r=%(mean_score).4f "
             "cache_hit=%(cache_hit)s %(path)s",
