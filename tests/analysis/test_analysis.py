@@ -256,3 +256,16 @@ def test_wandb_group_tags_and_name_from_a_multirun(tmp_path):
         assert wandb["tags"] == ["tiny", "ce", "experiment:tiny_ce"]
     finally:
         GlobalHydra.instance().clear()
+
+
+def test_analysis_uses_the_librarys_rules_not_copies():
+    from prefalign import analysis
+    from prefalign.data.filtering import top_fraction_count
+    from prefalign.pipelines.sso import STAGES
+    from prefalign.scoring.aligned import AGGREGATIONS
+
+    assert analysis.SSO_STAGES is STAGES
+    assert set(analysis.AGGREGATIONS) == set(AGGREGATIONS)
+    assert analysis.top_fraction_count is top_fraction_count
+    thresholds = analysis.score_thresholds([5.0, 4.0, 3.0, 2.0, 1.0], [0.3, 1.0])
+    assert list(thresholds["kept"]) == [top_fraction_count(0.3, 5), 5] == [2, 5]
