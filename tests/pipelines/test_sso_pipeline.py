@@ -50,7 +50,8 @@ def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, 
     heldout = (
         f"heldout={{path: {tmp_path / 'world' / 'test.jsonl'}, metric: {EXACT_MATCH}, max_new_tokens: 8}}"
     )
-    _run(tmp_path, session_cache, JUDGE.replace("+judge", "judge"), heldout)
+    evaluation = (JUDGE.replace("+judge", "judge"), heldout)
+    _run(tmp_path, session_cache, *evaluation)
     work = tmp_path / "logs" / "sso" / "default"
     report = json.loads((work / "report.json").read_text())
     assert [r["iteration"] for r in report] == [1, 2]
@@ -89,7 +90,7 @@ def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, 
     sample_marker = (work / "iter_2" / "sample.done.json").stat().st_mtime_ns
     (work / "iter_2" / "train.done.json").unlink()
     (work / "iter_2" / "evaluate.done.json").unlink()
-    log = _run(tmp_path, session_cache)
+    log = _run(tmp_path, session_cache, *evaluation)  # the same settings: a rerun checks them
     assert "iteration 2: sample already done, skipping" in log
     assert "iteration 2: train" in log and "iteration 1: train" not in log.replace(
         "iteration 1: train already", ""

@@ -8,9 +8,9 @@ flagged. Defaults are the SSO paper's: top-p 0.8, temperature 0.7, max_new_token
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -46,7 +46,10 @@ class Generation:
 
 
 class Generator(Protocol):
-    """What the SSO pipeline needs from a sampling backend."""
+    """What the SSO pipeline needs from a sampling backend: ``generate`` and the ``tokenizer`` whose
+    chat template renders the prompts (prompt lengths are checked with it)."""
+
+    tokenizer: Any
 
     def generate(
         self, conversations: Sequence[list[dict[str, str]]], config: SamplingConfig
@@ -75,6 +78,15 @@ def filter_prompts_by_length(
 
 class HFGenerator:
     """Batched sampling with ``model.generate`` (KV cache, left padding, length-sorted batches)."""
+
+    @classmethod
+    def from_model_config(cls, model: Mapping[str, Any]) -> HFGenerator:
+        """Load the model and tokenizer of a ``model`` config group (the SSO pipeline's
+        ``generator._target_``; it passes each policy's model config as ``model``)."""
+        from prefalign.models.loading import load_model_and_tokenizer
+
+        loaded, tokenizer = load_model_and_tokenizer(model)
+        return cls(loaded, tokenizer)
 
     def __init__(self, model, tokenizer) -> None:
         self.model = model
