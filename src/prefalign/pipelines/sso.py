@@ -174,10 +174,30 @@ def check_files(folder: Path, recorded: Mapping[str, Mapping[str, Any]]) -> str 
     return None
 
 
+def check_recorded_outputs(folder: str | Path, pattern: str = "*") -> list[str]:
+    """Check the files matching ``pattern`` that the finished stages in ``folder`` (an ``iter_<i>/``
+    folder) recorded in their markers: one message per missing, cut or changed file, or garbled
+    marker (empty: all as recorded). For readers of a run's artefacts (``prefalign-build-offline``)."""
+    import fnmatch
+
+    problems = []
+    for marker in sorted(Path(folder).glob("*.done.json")):
+        try:
+            files = json.loads(marker.read_text(encoding="utf-8")).get(ARTEFACTS, {}).get("files", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            problems.append(f"{marker}: the stage marker is not a valid JSON object ({err})")
+            continue
+        wanted = {name: record for name, record in files.items() if fnmatch.fnmatch(name, pattern)}
+        problem = check_files(Path(folder), wanted)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
 def first_difference(recorded: Any, current: Any, key: str = "") -> tuple[str, Any, Any] | None:
     """The first dotted key whose value differs between two settings trees (``None``: equal)."""
     if isinstance(recorded, Mapping) and isinstance(current, Mapping):
-        for k in sorted(set(recorded) | set(current), key=str):
+        for k in [*current, *(k for k in recorded if k not in current)]:  # the settings' order
             found = first_difference(recorded.get(k), current.get(k), f"{key}.{k}" if key else str(k))
             if found:
                 return found
@@ -220,11 +240,10 @@ def check_numbers(target_cfg: DictConfig, key: str) -> None:
     except (TypeError, ValueError):
         return
     for name, parameter in signature.parameters.items():
-        annotation = str(parameter.annotation).replace("builtins.", "")
+        numeric = str(parameter.annotation) in ("float", "int", "<class 'float'>", "<class 'int'>")
         value = target_cfg.get(name)
-        if annotation in ("float", "int", "<class 'float'>", "<class 'int'>") and value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"config key `{key}.{name}` must be a number, got {value!r}")
+        if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"config key `{key}.{name}` must be a number, got {value!r}")
 
 
 def compose_train_config(overrides: list[str]) -> DictConfig:
@@ -335,7 +354,8 @@ class SSOPipeline:
         difference = first_difference(recorded["settings"], settings)
         if difference:
             key, before, now = difference
-            return f"{path}: setting `{key}` was {before!r} when the stage ran, now {now!r}"
+            short = lambda v: repr(v) if len(repr(v)) <= 200 else repr(v)[:200] + "..."  # noqa: E731
+            return f"{path}: setting `{key}` was {short(before)} when the stage ran, now {short(now)}"
         return None
 
     def settings(self, i: int, stage: str, prompts: list[dict]) -> dict[str, Any]:
