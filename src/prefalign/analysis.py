@@ -38,7 +38,7 @@ import pandas as pd
 from prefalign.core.errors import DataError
 from prefalign.core.jsonl import read_jsonl
 from prefalign.data.filtering import top_fraction_count
-from prefalign.pipelines.sso import STAGES
+from prefalign.pipelines.sso import ARTEFACTS, STAGES
 from prefalign.scoring.aligned import AGGREGATIONS as _AGGREGATION_RULES
 
 __all__ = [
@@ -568,7 +568,7 @@ def load_sso_reports(work_dir: str | Path, require_evaluated: bool = True) -> pd
             if not path.exists():
                 continue
             done.append(stage)
-            stats = _read_json(path)
+            stats = {k: v for k, v in _read_json(path).items() if k != ARTEFACTS}  # settings, file records
             if stage == "evaluate":
                 row.update({k: v for k, v in stats.items() if k != "iteration"})
             elif stage == "train":  # its metrics are in the evaluation report already

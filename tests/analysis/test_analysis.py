@@ -146,6 +146,7 @@ def test_sso_reports_and_samples_of_the_session(artefacts):
     ):
         assert reports[key].notna().all(), key
     assert reports["stages_done"].map(len).tolist() == [4, 4]
+    assert not [c for c in reports.columns if "artefacts" in c]  # markers' file records are not figures
     samples = analysis.load_sso_samples(artefacts.sso)
     assert samples.groupby("iteration").size().tolist() == reports["samples"].tolist()
     assert samples.groupby("iteration")["chosen_tokens"].mean().tolist() == reports["length/chosen"].tolist()

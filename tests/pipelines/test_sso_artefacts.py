@@ -253,3 +253,15 @@ def test_a_broken_policy_stops_the_run_before_anything_samples_from_it(tmp_path,
     assert not (work / "iter_1" / "train.done.json").exists()
     assert not (work / "iter_2").exists() or not list((work / "iter_2").iterdir())
     assert CALLS == ["generate"] * 4 + ["fit"]  # allocation, three samplings, the training; no more
+
+
+def test_policy_change_measures_how_far_the_weights_moved(tmp_path):
+    from prefalign.pipelines.sso import policy_change
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    save_file({"w": torch.tensor([3.0, 4.0]), "x": torch.zeros(2)}, str(tmp_path / "a" / "model.safetensors"))
+    save_file({"w": torch.tensor([3.0, 4.5]), "x": torch.zeros(2)}, str(tmp_path / "b" / "model.safetensors"))
+    change = policy_change(tmp_path / "a", tmp_path / "b")
+    assert change == pytest.approx({"max_abs": 0.5, "relative_l2": 0.1})
+    assert policy_change(tmp_path / "a", tmp_path / "a") == {"max_abs": 0.0, "relative_l2": 0.0}
+    assert policy_change(tmp_path / "missing", tmp_path / "a") is None

@@ -103,7 +103,7 @@ def test_an_empty_prompt_set_is_an_error(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"id": "a", "prompt": "  "}) + "\n")
     with pytest.raises(DataError, match="0 usable prompts cannot be split into 3 iterations"):
-        load_prompt_splits({"path": str(path)}, 3, 0)
+        load_prompt_splits({"path": str(path), "on_invalid": "drop"}, 3, 0)  # else: an error (the row)
 
 
 def test_prompts_are_split_into_equal_seeded_parts(tmp_path):
@@ -113,3 +113,33 @@ def test_prompts_are_split_into_equal_seeded_parts(tmp_path):
     assert [len(s) for s in splits] == [3, 3, 3]
     assert len({p["id"] for s in splits for p in s}) == 9
     assert splits == load_prompt_splits({"path": str(path)}, 3, seed=1)
+
+
+@pytest.mark.slow
+def test_the_readme_tiny_command_changes_the_policy_every_iteration(tmp_path, session_cache):
+    """`prefalign-sso iterations=2 prompts.limit=16 sampling.max_new_tokens=16` with the default
+    training settings: each iteration takes optimiser steps at a non-zero learning rate, so π_1
+    differs from π_0 and π_2 from π_1 (reported as policy_change/* in report.json)."""
+    from safetensors.torch import load_file
+
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PREFALIGN_ROOT": str(tmp_path),
+        "PREFALIGN_CACHE": session_cache,
+    }
+    command = ["iterations=2", "prompts.limit=16", "sampling.max_new_tokens=16", "wandb=null"]
+    result = subprocess.run(
+        [sys.executable, "-m", "prefalign.apps.sso", *command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    work = tmp_path / "logs" / "sso" / "default"
+    report = json.loads((work / "report.json").read_text())
+    assert all(r["policy_change/max_abs"] > 0 and r["policy_change/relative_l2"] > 0 for r in report)
+    first, second = (load_file(str(work / f"iter_{i}" / "policy" / "model.safetensors")) for i in (1, 2))
+    assert any(not (first[k] == second[k]).all() for k in first)

@@ -246,6 +246,38 @@ def check_numbers(target_cfg: DictConfig, key: str) -> None:
             raise ConfigError(f"config key `{key}.{name}` must be a number, got {value!r}")
 
 
+def policy_change(previous_dir: Path, policy_dir: Path) -> dict[str, float] | None:
+    """How far training moved the weights: ``max_abs`` |π_i − π_{i−1}| over all parameters and
+    ``relative_l2`` = ‖π_i − π_{i−1}‖ / ‖π_{i−1}‖, read one tensor at a time from the two
+    ``*.safetensors`` folders (``None`` when π_{i−1} is not a local safetensors folder, e.g. a hub
+    name). Zero means the iteration trained nothing."""
+    from safetensors import safe_open
+
+    previous_files = sorted(Path(previous_dir).glob("*.safetensors"))
+    if not previous_files:
+        return None
+    where = {}
+    for file in previous_files:
+        with safe_open(str(file), framework="pt") as f:
+            where.update({name: file for name in f.keys()})  # noqa: SIM118 - not a Mapping
+    max_abs, diff_sq, base_sq = 0.0, 0.0, 0.0
+    for file in sorted(Path(policy_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as new:
+            for name in new.keys():  # noqa: SIM118
+                if name not in where:
+                    continue
+                with safe_open(str(where[name]), framework="pt") as old:
+                    before = old.get_tensor(name).double()
+                after = new.get_tensor(name).double()
+                if before.shape != after.shape:
+                    continue
+                delta = after - before
+                max_abs = max(max_abs, float(delta.abs().max())) if delta.numel() else max_abs
+                diff_sq += float((delta * delta).sum())
+                base_sq += float((before * before).sum())
+    return {"max_abs": max_abs, "relative_l2": math.sqrt(diff_sq) / max(math.sqrt(base_sq), 1e-30)}
+
+
 def compose_train_config(overrides: list[str]) -> DictConfig:
     """The ``train`` config with ``overrides``, composed through Hydra's global state when an app
     has set it up (``prefalign-sso``), else from the package's config folder."""
@@ -586,7 +618,20 @@ class SSOPipeline:
                 "samples from it and the train stage is not marked done; lower optimizer.lr in "
                 "train_overrides (or check the data) and rerun with resume.force=true"
             )
-        return {"metrics": metrics, "reference": self.policy_model_cfg(i - 1).get("name_or_path") or "tiny"}
+        previous = self.policy_model_cfg(i - 1)
+        if i > 1 or previous.get("tiny") or Path(str(previous.get("name_or_path"))).is_dir():
+            from prefalign.models.loading import resolve_model_path
+
+            change = policy_change(Path(resolve_model_path(previous)), policy)
+        else:
+            change = None  # a hub model: not compared
+        if change is not None:
+            log.info("iteration %d: the policy moved by %s", i, change)
+        return {
+            "metrics": metrics,
+            "reference": previous.get("name_or_path") or "tiny",
+            "policy_change": change,
+        }
 
     @staticmethod
     def _fit(train_cfg: DictConfig) -> dict[str, float]:
@@ -607,6 +652,9 @@ class SSOPipeline:
             "hit_max_new_tokens": mean("hit_max_new_tokens"),
             **{k: v for k, v in train_metrics.items() if k.startswith("train/")},
         }
+        change = self.stats(i, "train").get("policy_change")
+        if change:  # how far π_i moved from π_{i-1} (0: the iteration trained nothing)
+            report.update({f"policy_change/{k}": v for k, v in change.items()})
         if self.cfg.get("judge"):
             from prefalign.generation.judges import signal_accuracy
 
