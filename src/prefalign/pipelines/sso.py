@@ -7,10 +7,12 @@ i, with π_{i-1} the previous policy (π_0 the starting model):
    at random (seeded); unparseable answers fall back to a random feature and are counted.
 2. ``sample`` — y+, y−, y_o are sampled from π_{i-1} under the good principle (x+), the bad
    principle (x−) and no principle (x). Empty generations are dropped and counted; responses that
-   hit ``max_new_tokens`` are flagged.
+   hit ``max_new_tokens`` are flagged. Every generation (here and in ``allocate``) is seeded by
+   (``sampling.seed``, iteration, prompt id, role) when the backend takes keys (``HFGenerator``),
+   so a prompt's samples do not depend on batch size or on which other prompts share its batch.
 3. ``train`` — π_i is trained from π_{i-1} with the configured objective (SSO by default); the
    reference is π_{i-1}, its log-probs precomputed by the scoring engine; π_i is exported in
-   Hugging Face format.
+   Hugging Face format, checked to be finite, and compared with π_{i-1} (``policy_change``).
 4. ``evaluate`` — per-iteration figures: generation lengths (the paper tracks verbosity), W and G,
    reward margins, the on-policy measure e^{ā}, and signal accuracy when a judge is configured.
 
@@ -278,6 +280,17 @@ def policy_change(previous_dir: Path, policy_dir: Path) -> dict[str, float] | No
     return {"max_abs": max_abs, "relative_l2": math.sqrt(diff_sq) / max(math.sqrt(base_sq), 1e-30)}
 
 
+def generate(generator: Generator, conversations: list, config: SamplingConfig, keys: list[str]) -> list:
+    """``generator.generate``, each prompt seeded by (``config.seed``, its key
+    ``<iteration>/<prompt id>/<role>``) when the backend takes ``keys`` (:class:`HFGenerator` does:
+    the samples then do not depend on batching), else seeded by the backend's own rule."""
+    import inspect
+
+    if "keys" in inspect.signature(generator.generate).parameters:
+        return generator.generate(conversations, config, keys=keys)
+    return generator.generate(conversations, config)
+
+
 def compose_train_config(overrides: list[str]) -> DictConfig:
     """The ``train`` config with ``overrides``, composed through Hydra's global state when an app
     has set it up (``prefalign-sso``), else from the package's config folder."""
@@ -521,7 +534,7 @@ class SSOPipeline:
         questions = [
             [{"role": "user", "content": allocation_prompt(p["prompt"], self.principles)}] for p in kept
         ]
-        answers = generator.generate(questions, self.allocation)
+        answers = generate(generator, questions, self.allocation, [f"{i}/{p['id']}/allocate" for p in kept])
         rng, stats = random.Random(int(self.cfg.seed) + i), AllocationStats()
         rows = []
         for prompt, answer in zip(kept, answers, strict=True):
@@ -559,9 +572,12 @@ class SSOPipeline:
             ]
 
         started = time.perf_counter()
-        chosen = generator.generate(conversations(good), self.sampling)
-        rejected = generator.generate(conversations(bad), self._shifted(1))
-        original = generator.generate(conversations([None] * len(allocated)), self._shifted(2))
+        keys = lambda role: [f"{i}/{r['id']}/{role}" for r in allocated]  # noqa: E731
+        chosen = generate(generator, conversations(good), self.sampling, keys("chosen"))
+        rejected = generate(generator, conversations(bad), self._shifted(1), keys("rejected"))
+        original = generate(
+            generator, conversations([None] * len(allocated)), self._shifted(2), keys("original")
+        )
         seconds = time.perf_counter() - started
         drops, rows = DropReport(total=len(allocated)), []
         for r, g, y_pos, y_neg, y_o, b in zip(allocated, good, chosen, rejected, original, bad, strict=True):
