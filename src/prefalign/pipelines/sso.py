@@ -280,15 +280,57 @@ def policy_change(previous_dir: Path, policy_dir: Path) -> dict[str, float] | No
     return {"max_abs": max_abs, "relative_l2": math.sqrt(diff_sq) / max(math.sqrt(base_sq), 1e-30)}
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def generate(generator: Generator, conversations: list, config: SamplingConfig, keys: list[str]) -> list:
     """``generator.generate``, each prompt seeded by (``config.seed``, its key
     ``<iteration>/<prompt id>/<role>``) when the backend takes ``keys`` (:class:`HFGenerator` does:
-    the samples then do not depend on batching), else seeded by the backend's own rule."""
+    the samples then do not depend on batching), else seeded by the backend's own rule.
+
+    In a ``torch.distributed`` process group, rank r generates prompts r, r + N, r + 2N... and
+    every rank receives all the results in order (the same as one process, thanks to the keys).
+    """
     import inspect
 
-    if "keys" in inspect.signature(generator.generate).parameters:
-        return generator.generate(conversations, config, keys=keys)
-    return generator.generate(conversations, config)
+    keyed = "keys" in inspect.signature(generator.generate).parameters
+    rank, size = world()
+    if size == 1:
+        return (
+            generator.generate(conversations, config, keys=keys)
+            if keyed
+            else generator.generate(conversations, config)
+        )
+    if not keyed:
+        raise ConfigError(
+            f"config key `generator`: {type(generator).__name__}.generate takes no per-prompt keys, so "
+            f"its samples would depend on how {size} processes split the prompts; run on one process"
+        )
+    import torch.distributed as dist
+
+    mine = list(range(rank, len(conversations), size))
+    out = generator.generate([conversations[k] for k in mine], config, keys=[keys[k] for k in mine])
+    gathered: list = [None] * size
+    dist.all_gather_object(gathered, (mine, out))
+    results: list = [None] * len(conversations)
+    for indices, generations in gathered:
+        for k, generation in zip(indices, generations, strict=True):
+            results[k] = generation
+    return results
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.barrier()
 
 
 def compose_train_config(overrides: list[str]) -> DictConfig:
@@ -335,6 +377,7 @@ class SSOPipeline:
         self.train_configs = {i: self.train_config(i) for i in range(1, int(cfg.iterations) + 1)}
         self._loaded: tuple[str, Generator] | None = None
         self._prompt_drops = DropReport()
+        self.stages = STAGES  # the stages run per iteration (tests may run a prefix)
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def iteration_dir(self, i: int) -> Path:
@@ -548,7 +591,8 @@ class SSOPipeline:
                     "fallback": stats.fallbacks > fallbacks,
                 }
             )
-        write_jsonl(self.iteration_dir(i) / "allocated.jsonl", rows)
+        if world()[0] == 0:  # one writer; the other ranks hold the same rows
+            write_jsonl(self.iteration_dir(i) / "allocated.jsonl", rows)
         return {
             "prompts": len(prompts),
             "dropped": dict(drops.counts),
@@ -609,7 +653,8 @@ class SSOPipeline:
             )
         if not rows:
             raise DataError(f"iteration {i}: every generation was empty ({drops.summary('samples')})")
-        write_jsonl(self.iteration_dir(i) / "preferences.jsonl", rows)
+        if world()[0] == 0:
+            write_jsonl(self.iteration_dir(i) / "preferences.jsonl", rows)
         new_tokens = sum(r["chosen_tokens"] + r["rejected_tokens"] + r["original_tokens"] for r in rows)
         return {
             "samples": len(rows),
@@ -714,21 +759,34 @@ class SSOPipeline:
         reports, redo = [], False
         for i in range(1, int(self.cfg.iterations) + 1):
             self.iteration_dir(i).mkdir(parents=True, exist_ok=True)
-            for stage in STAGES:
+            for stage in self.stages:
                 redo = self._needs_redo(i, stage, splits[i - 1], redo)
                 if not redo and self.marker_path(i, stage).exists():
                     log.info("iteration %d: %s already done, skipping", i, stage)
                     continue
                 log.info("iteration %d: %s", i, stage)
-                self.marker_path(i, stage).unlink(missing_ok=True)
-                if stage == "evaluate":  # a new report: log it to W&B even if an earlier one was
-                    (self.iteration_dir(i) / "wandb.done").unlink(missing_ok=True)
-                stats = self.allocate(i, splits[i - 1]) if stage == "allocate" else getattr(self, stage)(i)
-                self.mark_done(i, stage, stats, self.settings(i, stage, splits[i - 1]))
+                barrier()  # every rank has decided before rank 0 removes the stale marker
+                rank = world()[0]
+                if rank == 0:
+                    self.marker_path(i, stage).unlink(missing_ok=True)
+                    if stage == "evaluate":  # a new report: log it to W&B even if an earlier one was
+                        (self.iteration_dir(i) / "wandb.done").unlink(missing_ok=True)
+                if stage == "evaluate" and rank != 0:
+                    pass  # the judge and held-out evaluation run on rank 0 (not yet sharded)
+                else:
+                    stats = (
+                        self.allocate(i, splits[i - 1]) if stage == "allocate" else getattr(self, stage)(i)
+                    )
+                barrier()  # the stage's files are written
+                if rank == 0:
+                    self.mark_done(i, stage, stats, self.settings(i, stage, splits[i - 1]))
+                barrier()  # its marker too: every rank reads it next
             reports.append(self.stats(i, "evaluate"))
             log.info("iteration %d: %s", i, json.dumps(reports[-1], default=str))
-            self.log_to_wandb(i, reports[-1])
-        write_json(self.work_dir / "report.json", reports)
+            if world()[0] == 0:
+                self.log_to_wandb(i, reports[-1])
+        if world()[0] == 0:
+            write_json(self.work_dir / "report.json", reports)
         return reports
 
     def _needs_redo(self, i: int, stage: str, prompts: list[dict], redo: bool) -> bool:
