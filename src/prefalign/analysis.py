@@ -37,6 +37,9 @@ import pandas as pd
 
 from prefalign.core.errors import DataError
 from prefalign.core.jsonl import read_jsonl
+from prefalign.data.filtering import top_fraction_count
+from prefalign.pipelines.sso import ARTEFACTS, STAGES
+from prefalign.scoring.aligned import AGGREGATIONS as _AGGREGATION_RULES
 
 __all__ = [
     "ArtefactError",
@@ -58,8 +61,10 @@ __all__ = [
     "load_sso_samples",
 ]
 
-AGGREGATIONS = ("avg", "min", "max")
-SSO_STAGES = ("allocate", "sample", "train", "evaluate")
+# The library's rules, imported rather than restated: the ensemble aggregations of ``aligned_score``,
+# the top-fraction filter's kept count, the SSO pipeline's stages.
+AGGREGATIONS = tuple(_AGGREGATION_RULES)
+SSO_STAGES = STAGES
 
 
 class ArtefactError(FileNotFoundError):
@@ -223,8 +228,11 @@ def aggregate_scores(scores: pd.DataFrame, aggregations: Iterable[str] = AGGREGA
     members = list(wide.columns)
     complete = wide.notna().all(axis=1)
     for name in aggregations:
-        values = getattr(wide[members], {"avg": "mean"}.get(name, name))(axis=1)
-        wide[name] = values.where(complete)
+        rule = _AGGREGATION_RULES[name]  # the rule training uses for aligned_score
+        values = wide[members].apply(
+            lambda row, rule=rule: rule(list(row)) if row.notna().all() else None, axis=1
+        )
+        wide[name] = values.astype(float).where(complete)
     noise = scores.drop_duplicates(["split", "id"]).set_index(["split", "id"])["noise"]
     wide["noise"] = noise.reindex(wide.index).to_numpy()
     wide.columns.name = None
@@ -242,9 +250,7 @@ def score_thresholds(values: Iterable[float], fractions: Iterable[float]) -> pd.
         raise ValueError("score_thresholds needs a non-empty list of finite scores")
     rows = []
     for fraction in fractions:
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"filter fraction must be in (0, 1], got {fraction}")
-        kept = max(1, round(fraction * len(ordered)))
+        kept = top_fraction_count(fraction, len(ordered))
         rows.append({"fraction": fraction, "kept": kept, "threshold": ordered[kept - 1]})
     return pd.DataFrame(rows)
 
@@ -562,7 +568,7 @@ def load_sso_reports(work_dir: str | Path, require_evaluated: bool = True) -> pd
             if not path.exists():
                 continue
             done.append(stage)
-            stats = _read_json(path)
+            stats = {k: v for k, v in _read_json(path).items() if k != ARTEFACTS}  # settings, file records
             if stage == "evaluate":
                 row.update({k: v for k, v in stats.items() if k != "iteration"})
             elif stage == "train":  # its metrics are in the evaluation report already

@@ -146,6 +146,7 @@ def test_sso_reports_and_samples_of_the_session(artefacts):
     ):
         assert reports[key].notna().all(), key
     assert reports["stages_done"].map(len).tolist() == [4, 4]
+    assert not [c for c in reports.columns if "artefacts" in c]  # markers' file records are not figures
     samples = analysis.load_sso_samples(artefacts.sso)
     assert samples.groupby("iteration").size().tolist() == reports["samples"].tolist()
     assert samples.groupby("iteration")["chosen_tokens"].mean().tolist() == reports["length/chosen"].tolist()
@@ -256,3 +257,16 @@ def test_wandb_group_tags_and_name_from_a_multirun(tmp_path):
         assert wandb["tags"] == ["tiny", "ce", "experiment:tiny_ce"]
     finally:
         GlobalHydra.instance().clear()
+
+
+def test_analysis_uses_the_librarys_rules_not_copies():
+    from prefalign import analysis
+    from prefalign.data.filtering import top_fraction_count
+    from prefalign.pipelines.sso import STAGES
+    from prefalign.scoring.aligned import AGGREGATIONS
+
+    assert analysis.SSO_STAGES is STAGES
+    assert set(analysis.AGGREGATIONS) == set(AGGREGATIONS)
+    assert analysis.top_fraction_count is top_fraction_count
+    thresholds = analysis.score_thresholds([5.0, 4.0, 3.0, 2.0, 1.0], [0.3, 1.0])
+    assert list(thresholds["kept"]) == [top_fraction_count(0.3, 5), 5] == [2, 5]

@@ -93,3 +93,38 @@ def test_command_line_names_the_file_and_line_of_a_bad_pair(tmp_path, run_app):
     result = run_app("prefalign.apps.build_offline", [f"inputs=[{bad}]"], tmp_path)
     assert result.returncode != 0
     assert f"{bad}: line 2 (id=x9): missing or empty ['rejected']" in result.stderr
+
+
+def _sso_iteration(folder, rows):
+    """An ``iter_<i>/`` folder as prefalign-sso's sample stage leaves it: the pairs and the marker."""
+    from prefalign.core.jsonl import write_json, write_jsonl
+    from prefalign.pipelines.sso import file_record
+
+    path = write_jsonl(folder / "preferences.jsonl", rows)
+    record = {"preferences.jsonl": file_record(path)}
+    write_json(
+        folder / "sample.done.json", {"samples": len(rows), "artefacts": {"settings": {}, "files": record}}
+    )
+    return path
+
+
+def test_build_offline_refuses_a_run_whose_recorded_preferences_are_missing_or_cut(tmp_path):
+    import pytest
+
+    from prefalign.apps.build_offline import read_pairs
+    from prefalign.core.errors import DataError
+
+    work = tmp_path / "sso"
+    first = _sso_iteration(work / "iter_1", ROWS[:4])
+    second = _sso_iteration(work / "iter_2", ROWS[4:])
+    pattern = [str(work / "iter_*" / "preferences.jsonl")]
+    assert len(read_pairs(pattern)) == len(ROWS)
+    second.unlink()  # a finished iteration's pairs deleted: an error, not one file fewer
+    with pytest.raises(
+        DataError, match=r"iter_2/preferences.jsonl is missing \(its stage finished with 5 rows\)"
+    ):
+        read_pairs(pattern)
+    _sso_iteration(work / "iter_2", ROWS[4:])
+    first.write_text("".join(first.read_text().splitlines(keepends=True)[:2]))
+    with pytest.raises(DataError, match=r"iter_1/preferences.jsonl has 2 rows, the stage wrote 4"):
+        read_pairs(pattern)

@@ -44,3 +44,33 @@ def test_long_prompts_are_counted_or_refused(tiny_model_and_tokenizer):
     assert keep == [0] and report.examples == {"prompt_too_long": ["b"]}
     with pytest.raises(DataError, match="prompt 0 has .* tokens; the model allows 4096"):
         HFGenerator(model, tokenizer).generate([long], SamplingConfig(max_new_tokens=4))
+
+
+def test_keyed_sampling_does_not_depend_on_the_batch(tiny_model_and_tokenizer):
+    """Each prompt sampled with its own stream (seed, key): the same response alone, in a batch,
+    in another order: what lets prompts be split over processes without changing the samples."""
+    model, tokenizer = tiny_model_and_tokenizer
+    generator = HFGenerator(model, tokenizer)
+    config = SamplingConfig(max_new_tokens=10, seed=7, batch_size=3)
+    keys = ["1/a", "1/b", "1/c"]
+    batched = generator.generate(CONVERSATIONS, config, keys=keys)
+    alone = [generator.generate([c], config, keys=[k])[0] for c, k in zip(CONVERSATIONS, keys, strict=True)]
+    reversed_ = generator.generate(CONVERSATIONS[::-1], config, keys=keys[::-1])[::-1]
+    assert batched == alone == reversed_
+    other_seed = generator.generate(CONVERSATIONS, SamplingConfig(max_new_tokens=10, seed=8), keys=keys)
+    other_keys = generator.generate(CONVERSATIONS, config, keys=["2/a", "2/b", "2/c"])
+    assert other_seed != batched and other_keys != batched
+    assert len({g.text for g in generator.generate([CONVERSATIONS[0]] * 3, config, keys=keys)}) > 1
+
+
+def test_keyed_sampling_draws_from_the_top_p_nucleus():
+    import torch
+
+    from prefalign.generation.sampling import PerRowSampler
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    sampler = PerRowSampler(["k"], SamplingConfig(temperature=1.0, top_p=0.8, seed=0))
+    draws = [int(sampler(None, scores).argmax()) for _ in range(2000)]
+    counts = [draws.count(t) for t in range(4)]
+    assert counts[2] == counts[3] == 0  # outside the smallest set reaching 0.8
+    assert abs(counts[0] / 2000 - 0.5 / 0.8) < 0.04 and abs(counts[1] / 2000 - 0.3 / 0.8) < 0.04

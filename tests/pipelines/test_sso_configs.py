@@ -1,82 +1,149 @@
-"""Every SSO paper experiment config composes, with the settings of the paper."""
+"""Every SSO experiment config, and every run of its sweeps, composes into the training configs of
+its iterations, with the settings of the paper (checked on the composed ``train`` configs)."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from prefalign.config import config_dir, register_resolvers
+from prefalign.core.errors import ConfigError
+from prefalign.pipelines.sso import SSOPipeline
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "sso_experiment").glob("sso_*.yaml"))
 
 
-def _compose_sso(overrides):
+def _sweep_runs(experiment: str) -> list[list[str]]:
+    """The overrides of every run of an experiment's sweep (``hydra.sweeper.params``), as Hydra's
+    basic sweeper expands them (the cartesian product)."""
+    params = OmegaConf.load(config_dir() / "sso_experiment" / f"{experiment}.yaml")
+    params = OmegaConf.select(params, "hydra.sweeper.params") or {}
+    parser = OverridesParser.create()
+    axes = []
+    for key, value in params.items():
+        (override,) = parser.parse_overrides([f"{key}={value}"])
+        values = [override.value()] if not override.is_sweep_override() else list(override.sweep_iterator())
+        axes.append([f"{key}={_text(v)}" for v in values])
+    return [list(run) for run in itertools.product(*axes)]
+
+
+def _text(value) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(f"'{getattr(v, 'text', v)}'" for v in value) + "]"
+    return str(value)
+
+
+def _pipeline(overrides, tmp_path):
+    """The SSO config with ``overrides`` and the pipeline built from it (which composes and
+    validates every iteration's training config, loading no model)."""
     register_resolvers()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="sso", overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    return cfg
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(
+                config_name="sso",
+                overrides=[*overrides, f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache"],
+                return_hydra_config=True,
+            )
+            return cfg, SSOPipeline(cfg)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize(
-    ("variant", "objective", "objective_overrides"),
+    ("variant", "objective", "flags"),
     [
-        ("sso", "sso", []),
-        ("pbaa", "pbaa", []),
-        ("wo_w", "sso", ["objective.use_weight=false"]),
-        ("wo_g", "sso", ["objective.use_steering=false"]),
+        ("sso", "sso", (True, True)),
+        ("pbaa", "pbaa", (False, False)),
+        ("wo_w", "sso", (False, True)),
+        ("wo_g", "sso", (True, False)),
     ],
 )
-def test_cpu_study_variants_choose_the_table5_objectives(variant, objective, objective_overrides, tmp_path):
-    cfg = _compose_sso(
-        ["sso_experiment=cpu_world_sso", f"variant={variant}", "seed=2", f"paths.root_dir={tmp_path}"]
-    )
-    assert (cfg.objective, list(cfg.objective_overrides)) == (objective, objective_overrides)
+def test_cpu_study_variants_choose_the_table5_objectives(variant, objective, flags, tmp_path):
+    cfg, pipeline = _pipeline(["sso_experiment=cpu_world_sso", f"variant={variant}", "seed=2"], tmp_path)
+    assert cfg.train_objective == objective
     assert cfg.run_name == f"{variant}_seed2" and cfg.iterations == 3
     assert cfg.model.name_or_path == f"{tmp_path}/policy/sft"
     assert cfg.principles.path.endswith("principles_correctness.yaml")
     assert cfg.judge.path == cfg.prompts.path == f"{tmp_path}/data/verifiable_principled/prompts.jsonl"
+    assert sorted(pipeline.train_configs) == [1, 2, 3]
+    for i, train in pipeline.train_configs.items():
+        assert train.objective._target_.endswith("SSO")
+        assert (train.objective.use_weight, train.objective.use_steering) == flags
+        assert (train.optimizer.lr, train.trainer.max_epochs, train.data.batch_size) == (3.0e-4, 2, 16)
+        assert train.seed == 2 + i
+        assert train.data.train.path == str(pipeline.iteration_dir(i) / "preferences.jsonl")
+        # the previous policy is the model and the reference: pi_0 the SFT policy, then pi_{i-1}
+        previous = f"{tmp_path}/policy/sft" if i == 1 else str(pipeline.iteration_dir(i - 1) / "policy")
+        assert train.model.name_or_path == train.reference.model.name_or_path == previous
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_sso_experiment_composes_with_the_papers_settings(experiment, tmp_path):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(
-            config_name="sso",
-            overrides=[
-                f"sso_experiment={experiment}",
-                "model.name_or_path=some/sft-model",
-                f"paths.root_dir={tmp_path}",
-            ],
-            return_hydra_config=True,
-        )
-    GlobalHydra.instance().clear()
+def _expected_flags(objective: str, objective_overrides: str) -> tuple[bool, bool]:
+    if objective == "pbaa":
+        return False, False
+    return "use_weight=false" not in objective_overrides, "use_steering=false" not in objective_overrides
+
+
+@pytest.mark.parametrize(
+    ("experiment", "run"),
+    [(e, run) for e in EXPERIMENTS for run in _sweep_runs(e)],
+    ids=lambda v: v if isinstance(v, str) else ";".join(v) or "no-sweep",
+)
+def test_every_sso_experiment_run_composes_the_papers_training_config(experiment, run, tmp_path):
+    cfg, pipeline = _pipeline(
+        [f"sso_experiment={experiment}", "model.name_or_path=some/sft-model", *run], tmp_path
+    )
     assert cfg.iterations == 3
     assert (cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens) == (0.7, 0.8, 2048)
-    assert "optimizer.lr=5.0e-7" in cfg.train_overrides
     assert cfg.prompts.path == "HuggingFaceH4/ultrafeedback_binarized"
-    if experiment == "sso_table6":
-        assert "objective.base=dpo" in cfg.objective_overrides
     if experiment in ("sso_table1", "sso_table2", "sso_table6"):
-        assert cfg.hydra.sweeper.params.objective == "sso,pbaa"
+        assert cfg.hydra.sweeper.params.train_objective == "sso,pbaa"
+    flags = _expected_flags(cfg.train_objective, str(list(cfg.objective_overrides)))
+    for train in pipeline.train_configs.values():
+        objective = train.objective
+        assert objective._target_.endswith("SSO")
+        assert (objective.use_weight, objective.use_steering) == flags
+        assert objective.base == ("dpo" if experiment == "sso_table6" else "ipo")
+        assert objective.beta == (0.1 if experiment == "sso_table6" else 0.2)
+        assert (objective.alpha, objective.gamma) == (0.66, 0.1)
+        assert train.optimizer.lr == 5.0e-7 and train.scheduler.warmup_ratio == 0.1
+        assert train.data.max_length == 4096 and train.data.batch_size == 4
+        assert train.trainer.devices == 8 and train.trainer.accumulate_grad_batches == 4  # 8 x 4 x 4 = 128
+        assert train.trainer.max_epochs == 1
 
 
-def test_the_ablation_sweep_parses_into_four_runs():
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    params = OmegaConf.load(config_dir() / "sso_experiment" / "sso_table5.yaml").hydra.sweeper.params
-    (override,) = OverridesParser.create().parse_overrides(
-        [f"objective_overrides={params.objective_overrides}"]
-    )
-    values = [[getattr(item, "text", item) for item in value] for value in override.sweep_iterator()]
-    assert values == [
-        [],
-        ["objective.use_weight=false"],
-        ["objective.use_steering=false"],
-        ["objective.use_weight=false", "objective.use_steering=false"],
+def test_the_sweeps_expand_to_the_papers_runs():
+    assert _sweep_runs("sso_table1") == [["train_objective=sso"], ["train_objective=pbaa"]]
+    assert len(_sweep_runs("sso_table2")) == 4
+    assert _sweep_runs("sso_table5") == [
+        ["objective_overrides=[]"],
+        ["objective_overrides=['objective.use_weight=false']"],
+        ["objective_overrides=['objective.use_steering=false']"],
+        ["objective_overrides=['objective.use_weight=false','objective.use_steering=false']"],
     ]
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("objective_overrides=['objective.use_wieght=false']", "use_wieght"),
+        ("train_overrides=['data=tiny_preference','optimizer.lrr=1e-4']", "optimizer.lrr"),
+        ("train_objective=ssso", "ssso"),
+        ("train_overrides=['data=tiny_preference','optimizer.lr=-1']", "optimizer.lr"),
+        ("objective_overrides=['objective.beta=abc']", "beta"),
+    ],
+)
+def test_a_typo_in_the_iteration_overrides_fails_at_start_up_naming_the_key(override, named, tmp_path):
+    with pytest.raises(ConfigError, match=r"iteration 1's training config") as err:
+        _pipeline(["sso_experiment=sso_table1", "model.name_or_path=some/sft-model", override], tmp_path)
+    assert named in str(err.value)
+
+
+def test_the_training_group_objective_typed_on_the_sso_command_line_names_the_key_to_use(tmp_path):
+    with pytest.raises(ConfigError, match=r"`train_objective=<name>` \(e.g. train_objective=pbaa\)"):
+        _pipeline(["objective=pbaa"], tmp_path)

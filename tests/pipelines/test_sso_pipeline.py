@@ -50,7 +50,8 @@ def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, 
     heldout = (
         f"heldout={{path: {tmp_path / 'world' / 'test.jsonl'}, metric: {EXACT_MATCH}, max_new_tokens: 8}}"
     )
-    _run(tmp_path, session_cache, JUDGE.replace("+judge", "judge"), heldout)
+    evaluation = (JUDGE.replace("+judge", "judge"), heldout)
+    _run(tmp_path, session_cache, *evaluation)
     work = tmp_path / "logs" / "sso" / "default"
     report = json.loads((work / "report.json").read_text())
     assert [r["iteration"] for r in report] == [1, 2]
@@ -89,7 +90,7 @@ def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, 
     sample_marker = (work / "iter_2" / "sample.done.json").stat().st_mtime_ns
     (work / "iter_2" / "train.done.json").unlink()
     (work / "iter_2" / "evaluate.done.json").unlink()
-    log = _run(tmp_path, session_cache)
+    log = _run(tmp_path, session_cache, *evaluation)  # the same settings: a rerun checks them
     assert "iteration 2: sample already done, skipping" in log
     assert "iteration 2: train" in log and "iteration 1: train" not in log.replace(
         "iteration 1: train already", ""
@@ -102,7 +103,7 @@ def test_an_empty_prompt_set_is_an_error(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"id": "a", "prompt": "  "}) + "\n")
     with pytest.raises(DataError, match="0 usable prompts cannot be split into 3 iterations"):
-        load_prompt_splits({"path": str(path)}, 3, 0)
+        load_prompt_splits({"path": str(path), "on_invalid": "drop"}, 3, 0)  # else: an error (the row)
 
 
 def test_prompts_are_split_into_equal_seeded_parts(tmp_path):
@@ -112,3 +113,33 @@ def test_prompts_are_split_into_equal_seeded_parts(tmp_path):
     assert [len(s) for s in splits] == [3, 3, 3]
     assert len({p["id"] for s in splits for p in s}) == 9
     assert splits == load_prompt_splits({"path": str(path)}, 3, seed=1)
+
+
+@pytest.mark.slow
+def test_the_readme_tiny_command_changes_the_policy_every_iteration(tmp_path, session_cache):
+    """`prefalign-sso iterations=2 prompts.limit=16 sampling.max_new_tokens=16` with the default
+    training settings: each iteration takes optimiser steps at a non-zero learning rate, so π_1
+    differs from π_0 and π_2 from π_1 (reported as policy_change/* in report.json)."""
+    from safetensors.torch import load_file
+
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PREFALIGN_ROOT": str(tmp_path),
+        "PREFALIGN_CACHE": session_cache,
+    }
+    command = ["iterations=2", "prompts.limit=16", "sampling.max_new_tokens=16", "wandb=null"]
+    result = subprocess.run(
+        [sys.executable, "-m", "prefalign.apps.sso", *command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    work = tmp_path / "logs" / "sso" / "default"
+    report = json.loads((work / "report.json").read_text())
+    assert all(r["policy_change/max_abs"] > 0 and r["policy_change/relative_l2"] > 0 for r in report)
+    first, second = (load_file(str(work / f"iter_{i}" / "policy" / "model.safetensors")) for i in (1, 2))
+    assert any(not (first[k] == second[k]).all() for k in first)

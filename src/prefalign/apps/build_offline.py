@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -20,6 +21,7 @@ from prefalign.config import config_dir, register_resolvers
 from prefalign.core.errors import ConfigError, DataError
 from prefalign.core.jsonl import iter_jsonl, write_json, write_jsonl
 from prefalign.data.offline_builder import build_offline_dataset
+from prefalign.pipelines.sso import check_recorded_outputs
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -27,10 +29,26 @@ REQUIRED = ("id", "prompt", "chosen", "rejected")
 
 
 def read_pairs(patterns: list[str]) -> list[dict]:
-    """Every preference pair of the files matching ``patterns``, checked for the fields the builder reads."""
+    """Every preference pair of the files matching ``patterns``, checked for the fields the builder reads.
+
+    In the folders of a ``prefalign-sso`` run (``iter_<i>/``), the files that a finished stage
+    recorded in its ``done`` marker must be there, whole and unchanged: a deleted, cut or edited
+    ``preferences.jsonl`` is an error naming it (never one file fewer read silently).
+    """
     files = sorted({f for pattern in patterns for f in glob.glob(pattern)})
     if not files:
         raise ConfigError(f"config key `inputs`: no file matches {patterns}")
+    problems = []
+    for pattern in patterns:
+        folders, name = os.path.split(pattern)
+        for folder in sorted(glob.glob(folders or ".")):
+            problems += check_recorded_outputs(folder, name)
+    if problems:
+        raise DataError(
+            "config key `inputs`: the SSO run's recorded artefacts differ: "
+            + "; ".join(dict.fromkeys(problems))
+            + " (rerun prefalign-sso with the same run_name and resume.force=true to redo them)"
+        )
     rows = []
     for file in files:
         for line_no, row in iter_jsonl(file):

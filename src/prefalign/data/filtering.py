@@ -34,6 +34,13 @@ class FilterReport:
         )
 
 
+def top_fraction_count(fraction: float, total: int) -> int:
+    """How many of ``total`` samples the top ``fraction`` keeps: ``round(fraction * total)``, at least one."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"filter fraction must be in (0, 1], got {fraction}")
+    return max(1, round(fraction * total))
+
+
 def filter_top_fraction(
     ds: datasets.Dataset, fraction: float, score_column: str = ALIGNED_SCORE
 ) -> tuple[datasets.Dataset, FilterReport]:
@@ -49,7 +56,7 @@ def filter_top_fraction(
     for sample_id, score in zip(ids, scores, strict=True):
         if score is None or not math.isfinite(score):
             raise DataError(f"filter: sample {sample_id} has a non-finite {score_column} ({score})")
-    n_keep = max(1, round(fraction * len(ds)))
+    n_keep = top_fraction_count(fraction, len(ds))
     ranked = sorted(range(len(ds)), key=lambda i: (-scores[i], ids[i]))[:n_keep]
     kept = sorted(ranked)
     report = FilterReport(

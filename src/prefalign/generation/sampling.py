@@ -8,11 +8,13 @@ flagged. Defaults are the SSO paper's: top-p 0.8, temperature 0.7, max_new_token
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from prefalign.core.errors import DataError, DropReport
 
@@ -46,7 +48,10 @@ class Generation:
 
 
 class Generator(Protocol):
-    """What the SSO pipeline needs from a sampling backend."""
+    """What the SSO pipeline needs from a sampling backend: ``generate`` and the ``tokenizer`` whose
+    chat template renders the prompts (prompt lengths are checked with it)."""
+
+    tokenizer: Any
 
     def generate(
         self, conversations: Sequence[list[dict[str, str]]], config: SamplingConfig
@@ -73,8 +78,52 @@ def filter_prompts_by_length(
     return keep, report
 
 
+def row_seed(seed: int, key: str) -> int:
+    """A 63-bit seed from the base seed and a row's key (stable across processes and runs)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\x00{key}".encode()).digest()[:8], "big") >> 1
+
+
+class PerRowSampler(LogitsProcessor):
+    """Temperature, top-p, then a sample per row from the row's own seeded stream (Gumbel-max:
+    argmax(log p + g), g ~ Gumbel(0, 1), is a draw from p), so greedy decoding of the processed
+    scores samples each row independently of the rest of the batch.
+
+    Args:
+        keys: one key per batch row; row r draws from ``torch.Generator`` seeded by
+            :func:`row_seed` (``config.seed``, ``keys[r]``), one vocabulary-sized draw per step.
+    """
+
+    def __init__(self, keys: Sequence[str], config: SamplingConfig) -> None:
+        self.generators = [torch.Generator().manual_seed(row_seed(config.seed, k)) for k in keys]
+        self.temperature, self.top_p = float(config.temperature), float(config.top_p)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:  # keep the smallest set of top tokens whose mass reaches top_p
+            ordered, order = logits.sort(dim=-1, descending=True)
+            probs = ordered.softmax(dim=-1)
+            beyond = (probs.cumsum(dim=-1) - probs) >= self.top_p  # the top token always stays
+            drop = torch.zeros_like(beyond).scatter(-1, order, beyond)
+            logits = logits.masked_fill(drop, float("-inf"))
+        log_probs = logits.log_softmax(dim=-1)
+        uniform = torch.stack(
+            [torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in self.generators]
+        ).clamp_(min=1e-300)
+        gumbel = -torch.log(-torch.log(uniform)).to(logits.device, logits.dtype)
+        return log_probs + gumbel
+
+
 class HFGenerator:
     """Batched sampling with ``model.generate`` (KV cache, left padding, length-sorted batches)."""
+
+    @classmethod
+    def from_model_config(cls, model: Mapping[str, Any]) -> HFGenerator:
+        """Load the model and tokenizer of a ``model`` config group (the SSO pipeline's
+        ``generator._target_``; it passes each policy's model config as ``model``)."""
+        from prefalign.models.loading import load_model_and_tokenizer
+
+        loaded, tokenizer = load_model_and_tokenizer(model)
+        return cls(loaded, tokenizer)
 
     def __init__(self, model, tokenizer) -> None:
         self.model = model
@@ -85,8 +134,22 @@ class HFGenerator:
 
     @torch.inference_mode()
     def generate(
-        self, conversations: Sequence[list[dict[str, str]]], config: SamplingConfig
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        config: SamplingConfig,
+        keys: Sequence[str] | None = None,
     ) -> list[Generation]:
+        """Sample (or, at temperature 0, greedily decode) one response per conversation.
+
+        Args:
+            keys: one string per conversation (e.g. ``"<iteration>/<prompt id>/chosen"``). Given,
+                each conversation is sampled with its own random stream seeded by
+                (``config.seed``, key), so its response does not depend on which other prompts
+                share its batch, their order, or how prompts are split over processes (see
+                :class:`PerRowSampler`). Without keys, batch ``b`` is seeded with ``seed + b``.
+        """
+        if keys is not None and len(keys) != len(conversations):
+            raise ValueError(f"{len(keys)} keys for {len(conversations)} conversations")
         prompts = [prompt_token_ids(self.tokenizer, c) for c in conversations]
         limit = getattr(self.model.config, "max_position_embeddings", None)
         for i, ids in enumerate(prompts):
@@ -109,18 +172,25 @@ class HFGenerator:
             max_new = config.max_new_tokens
             if limit is not None:
                 max_new = min(max_new, limit - width)
+            sample = config.temperature > 0
+            per_row = sample and keys is not None
+            extra = {}
+            if per_row:  # sampling done by the processor; generate then takes its argmax
+                sampler = PerRowSampler([keys[i] for i in rows], config)
+                extra["logits_processor"] = LogitsProcessorList([sampler])
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed + b)
                 out = self.model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention.to(device),
-                    do_sample=config.temperature > 0,
-                    temperature=config.temperature if config.temperature > 0 else None,
-                    top_p=config.top_p if config.temperature > 0 else None,
+                    do_sample=sample and not per_row,
+                    temperature=config.temperature if sample and not per_row else None,
+                    top_p=config.top_p if sample and not per_row else None,
                     max_new_tokens=max_new,
                     pad_token_id=pad,
                     eos_token_id=self.end_ids,
                     use_cache=True,
+                    **extra,
                 )
             for r, i in enumerate(rows):
                 new = out[r, width:].tolist()

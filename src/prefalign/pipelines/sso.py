@@ -7,21 +7,35 @@ i, with π_{i-1} the previous policy (π_0 the starting model):
    at random (seeded); unparseable answers fall back to a random feature and are counted.
 2. ``sample`` — y+, y−, y_o are sampled from π_{i-1} under the good principle (x+), the bad
    principle (x−) and no principle (x). Empty generations are dropped and counted; responses that
-   hit ``max_new_tokens`` are flagged.
+   hit ``max_new_tokens`` are flagged. Every generation (here and in ``allocate``) is seeded by
+   (``sampling.seed``, iteration, prompt id, role) when the backend takes keys (``HFGenerator``),
+   so a prompt's samples do not depend on batch size or on which other prompts share its batch.
 3. ``train`` — π_i is trained from π_{i-1} with the configured objective (SSO by default); the
    reference is π_{i-1}, its log-probs precomputed by the scoring engine; π_i is exported in
-   Hugging Face format.
+   Hugging Face format, checked to be finite, and compared with π_{i-1} (``policy_change``).
 4. ``evaluate`` — per-iteration figures: generation lengths (the paper tracks verbosity), W and G,
    reward margins, the on-policy measure e^{ā}, and signal accuracy when a judge is configured.
 
 Every stage writes its artefacts and a ``<stage>.done.json`` under ``work_dir/iter_<i>/``; a rerun
-with the same ``work_dir`` resumes at the first unfinished stage.
+with the same ``work_dir`` resumes at the first unfinished stage. The marker records, under
+``artefacts``, the settings that shaped the stage's output (the config keys it read, the prompts'
+ids, the fingerprints of its inputs) and the row count, size and SHA-256 of every file it wrote. A
+rerun checks each finished stage against them: all equal, the stage is skipped; otherwise the run
+stops with a :class:`ResumeError` naming the file or setting that differs, unless
+``resume.force=true``, which redoes that stage and every later one.
+
+Every iteration's training config is composed and validated when the pipeline is built, before
+any model is loaded, so a typo in ``objective_overrides`` / ``train_overrides`` fails at once. After
+training, a policy with non-finite weights or non-finite train metrics stops the run before anything
+samples from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import random
 import secrets
 import time
@@ -30,10 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra import compose
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from prefalign.core.errors import DataError, DropReport
+from prefalign.core.errors import ConfigError, DataError, DropReport
 from prefalign.core.jsonl import read_jsonl, write_json, write_jsonl
 from prefalign.data.records import load_raw
 from prefalign.generation.principles import (
@@ -43,42 +56,312 @@ from prefalign.generation.principles import (
     load_principles,
     principle_system_message,
 )
-from prefalign.generation.sampling import HFGenerator, SamplingConfig, filter_prompts_by_length
-from prefalign.models.loading import load_model_and_tokenizer
+from prefalign.generation.sampling import Generator, SamplingConfig, filter_prompts_by_length
 
 log = logging.getLogger(__name__)
 STAGES = ("allocate", "sample", "train", "evaluate")
+# The files each stage writes, relative to iter_<i>/ (the train stage: every file of policy/).
+STAGE_FILES = {"allocate": ("allocated.jsonl",), "sample": ("preferences.jsonl",), "evaluate": ()}
+ARTEFACTS = "artefacts"  # the marker key holding settings and file records (not a statistic)
 
 
-def load_prompt_splits(source: Mapping[str, Any], iterations: int, seed: int) -> list[list[dict]]:
-    """The prompt set (``id``, ``prompt``), shuffled with ``seed`` and cut into ``iterations`` equal parts."""
-    raw = load_raw(str(source["path"]), split=source.get("split", "train"))
+class ResumeError(RuntimeError):
+    """A finished stage's marker does not match its files or today's settings; says how to proceed."""
+
+
+class NonFinitePolicyError(RuntimeError):
+    """The trained policy has non-finite weights or train metrics; nothing samples from it."""
+
+
+def load_prompt_splits(
+    source: Mapping[str, Any], iterations: int, seed: int, report: DropReport | None = None
+) -> list[list[dict]]:
+    """The prompt set (``id``, ``prompt``), shuffled with ``seed`` and cut into ``iterations`` equal parts.
+
+    Prompts are validated like training data: an empty (or non-text) prompt or a duplicate id is a
+    :class:`DataError` naming the file, the row and the id, or with ``on_invalid: drop`` in
+    ``source`` the row is dropped and counted in ``report``. A row without an id gets ``row-<index>``.
+    """
+    path = source["path"]
+    raw = load_raw(str(path), split=source.get("split", "train"))
     column, id_column = source.get("prompt_column", "prompt"), source.get("id_column", "id")
+    on_invalid = source.get("on_invalid", "raise")
+    if on_invalid not in ("raise", "drop"):
+        raise ConfigError(f"config key `prompts.on_invalid` must be 'raise' or 'drop', got {on_invalid!r}")
     if column not in raw.column_names:
-        raise DataError(f"{source['path']}: no prompt column {column!r}; the file has {raw.column_names}")
-    rows, seen = [], set()
+        raise DataError(f"{path}: no prompt column {column!r}; the file has {raw.column_names}")
+    drops = report if report is not None else DropReport()
+    drops.total += len(raw)
+    rows, first_row = [], {}
     for index, row in enumerate(raw):
-        prompt = row[column]
-        sample_id = str(row.get(id_column) or f"row-{index}")
-        if not isinstance(prompt, str) or not prompt.strip() or sample_id in seen:
+        prompt, raw_id = row[column], row.get(id_column)
+        sample_id = f"row-{index}" if raw_id is None or str(raw_id).strip() == "" else str(raw_id)
+        problem = None
+        if not isinstance(prompt, str) or not prompt.strip():
+            problem = ("empty_prompt", f"empty prompt (column {column!r}: {prompt!r})")
+        elif sample_id in first_row:
+            problem = ("duplicate_id", f"duplicate id (first at row {first_row[sample_id]})")
+        if problem is not None:
+            if on_invalid == "raise":
+                raise DataError(
+                    f"{path}, row {index} (id={sample_id}): {problem[1]}; fix the file or set "
+                    "prompts.on_invalid=drop to drop and count such rows"
+                )
+            drops.add(problem[0], sample_id)
             continue
-        seen.add(sample_id)
+        first_row[sample_id] = index
         rows.append({"id": sample_id, "prompt": prompt})
+    if drops.dropped:
+        log.warning(drops.summary(str(path)))
     if source.get("limit"):
         rows = rows[: int(source["limit"])]
     if len(rows) < iterations:
-        raise DataError(
-            f"{source['path']}: {len(rows)} usable prompts cannot be split into {iterations} iterations"
-        )
+        raise DataError(f"{path}: {len(rows)} usable prompts cannot be split into {iterations} iterations")
     random.Random(seed).shuffle(rows)
     size = len(rows) // iterations
     return [rows[k * size : (k + 1) * size] for k in range(iterations)]
 
 
+# -- artefact records -------------------------------------------------------------------------------
+# Config keys that do not shape a stage's output (where logs and caches go), left out of its settings.
+NOT_SHAPING = frozenset({"logger", "paths", "cache_dir", "hydra"})
+
+
+def shaping(value: Any) -> Any:
+    """``value`` without the :data:`NOT_SHAPING` keys, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: shaping(v) for k, v in value.items() if k not in NOT_SHAPING}
+    if isinstance(value, list):
+        return [shaping(v) for v in value]
+    return value
+
+
+def fingerprint(value: Any) -> str:
+    """SHA-256 of a JSON-able value (keys sorted): equal settings, equal fingerprint."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """Size, SHA-256 and (for JSON lines) row count of a written file."""
+    digest, size, rows = hashlib.sha256(), 0, 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+            size += len(chunk)
+            rows += chunk.count(b"\n")
+    record: dict[str, Any] = {"bytes": size, "sha256": digest.hexdigest()}
+    if path.suffix == ".jsonl":
+        record["rows"] = rows  # the writer ends every record with "\n", and only records
+    return record
+
+
+def check_files(folder: Path, recorded: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """``None`` when every file in ``recorded`` (paths relative to ``folder``) is as recorded, else
+    what differs, naming the file."""
+    for name, want in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing (its stage finished with {want.get('rows', want['bytes'])} " + (
+                "rows)" if "rows" in want else "bytes)"
+            )
+        have = file_record(path)
+        if have != dict(want):
+            if "rows" in want and have["rows"] != want["rows"]:
+                what = f"has {have['rows']} rows, the stage wrote {want['rows']}"
+            elif have["bytes"] != want["bytes"]:
+                what = f"has {have['bytes']} bytes, the stage wrote {want['bytes']}"
+            else:
+                what = "has the recorded size but different content (SHA-256)"
+            return f"{path} {what}: it was changed after its stage finished"
+    return None
+
+
+def check_recorded_outputs(folder: str | Path, pattern: str = "*") -> list[str]:
+    """Check the files matching ``pattern`` that the finished stages in ``folder`` (an ``iter_<i>/``
+    folder) recorded in their markers: one message per missing, cut or changed file, or garbled
+    marker (empty: all as recorded). For readers of a run's artefacts (``prefalign-build-offline``)."""
+    import fnmatch
+
+    problems = []
+    for marker in sorted(Path(folder).glob("*.done.json")):
+        try:
+            files = json.loads(marker.read_text(encoding="utf-8")).get(ARTEFACTS, {}).get("files", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            problems.append(f"{marker}: the stage marker is not a valid JSON object ({err})")
+            continue
+        wanted = {name: record for name, record in files.items() if fnmatch.fnmatch(name, pattern)}
+        problem = check_files(Path(folder), wanted)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def first_difference(recorded: Any, current: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key whose value differs between two settings trees (``None``: equal)."""
+    if isinstance(recorded, Mapping) and isinstance(current, Mapping):
+        for k in [*current, *(k for k in recorded if k not in current)]:  # the settings' order
+            found = first_difference(recorded.get(k), current.get(k), f"{key}.{k}" if key else str(k))
+            if found:
+                return found
+        return None
+    if json.dumps(recorded, sort_keys=True, default=str) != json.dumps(current, sort_keys=True, default=str):
+        return key, recorded, current
+    return None
+
+
+def check_finite_policy(policy_dir: Path, metrics: Mapping[str, float]) -> str | None:
+    """``None`` when the exported policy's weights and the train metrics are all finite, else what
+    is not (the tensor or metric named)."""
+    bad = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isfinite(v)]
+    if bad:
+        return f"non-finite train metrics {bad}"
+    from safetensors import safe_open
+
+    files = sorted(policy_dir.glob("*.safetensors"))
+    if not files:
+        return f"{policy_dir} holds no *.safetensors weights"
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                tensor = f.get_tensor(name)
+                if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+                    count = int((~tensor.isfinite()).sum())
+                    return f"{file.name}: tensor {name} has {count} non-finite of {tensor.numel()} values"
+    return None
+
+
+def check_numbers(target_cfg: DictConfig, key: str) -> None:
+    """Raise :class:`ConfigError` naming ``<key>.<argument>`` when an argument annotated as a number
+    (``float`` / ``int``) of ``target_cfg._target_`` is set to something else (``beta=abc``)."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    try:
+        signature = inspect.signature(get_method(target_cfg._target_))
+    except (TypeError, ValueError):
+        return
+    for name, parameter in signature.parameters.items():
+        numeric = str(parameter.annotation) in ("float", "int", "<class 'float'>", "<class 'int'>")
+        value = target_cfg.get(name)
+        if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"config key `{key}.{name}` must be a number, got {value!r}")
+
+
+def policy_change(previous_dir: Path, policy_dir: Path) -> dict[str, float] | None:
+    """How far training moved the weights: ``max_abs`` |π_i − π_{i−1}| over all parameters and
+    ``relative_l2`` = ‖π_i − π_{i−1}‖ / ‖π_{i−1}‖, read one tensor at a time from the two
+    ``*.safetensors`` folders (``None`` when π_{i−1} is not a local safetensors folder, e.g. a hub
+    name). Zero means the iteration trained nothing."""
+    from safetensors import safe_open
+
+    previous_files = sorted(Path(previous_dir).glob("*.safetensors"))
+    if not previous_files:
+        return None
+    where = {}
+    for file in previous_files:
+        with safe_open(str(file), framework="pt") as f:
+            where.update({name: file for name in f.keys()})  # noqa: SIM118 - not a Mapping
+    max_abs, diff_sq, base_sq = 0.0, 0.0, 0.0
+    for file in sorted(Path(policy_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as new:
+            for name in new.keys():  # noqa: SIM118
+                if name not in where:
+                    continue
+                with safe_open(str(where[name]), framework="pt") as old:
+                    before = old.get_tensor(name).double()
+                after = new.get_tensor(name).double()
+                if before.shape != after.shape:
+                    continue
+                delta = after - before
+                max_abs = max(max_abs, float(delta.abs().max())) if delta.numel() else max_abs
+                diff_sq += float((delta * delta).sum())
+                base_sq += float((before * before).sum())
+    return {"max_abs": max_abs, "relative_l2": math.sqrt(diff_sq) / max(math.sqrt(base_sq), 1e-30)}
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def generate(generator: Generator, conversations: list, config: SamplingConfig, keys: list[str]) -> list:
+    """``generator.generate``, each prompt seeded by (``config.seed``, its key
+    ``<iteration>/<prompt id>/<role>``) when the backend takes ``keys`` (:class:`HFGenerator` does:
+    the samples then do not depend on batching), else seeded by the backend's own rule.
+
+    In a ``torch.distributed`` process group, rank r generates prompts r, r + N, r + 2N... and
+    every rank receives all the results in order (the same as one process, thanks to the keys).
+    """
+    import inspect
+
+    keyed = "keys" in inspect.signature(generator.generate).parameters
+    rank, size = world()
+    if size == 1:
+        return (
+            generator.generate(conversations, config, keys=keys)
+            if keyed
+            else generator.generate(conversations, config)
+        )
+    if not keyed:
+        raise ConfigError(
+            f"config key `generator`: {type(generator).__name__}.generate takes no per-prompt keys, so "
+            f"its samples would depend on how {size} processes split the prompts; run on one process"
+        )
+    import torch.distributed as dist
+
+    mine = list(range(rank, len(conversations), size))
+    out = generator.generate([conversations[k] for k in mine], config, keys=[keys[k] for k in mine])
+    gathered: list = [None] * size
+    dist.all_gather_object(gathered, (mine, out))
+    results: list = [None] * len(conversations)
+    for indices, generations in gathered:
+        for k, generation in zip(indices, generations, strict=True):
+            results[k] = generation
+    return results
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def compose_train_config(overrides: list[str]) -> DictConfig:
+    """The ``train`` config with ``overrides``, composed through Hydra's global state when an app
+    has set it up (``prefalign-sso``), else from the package's config folder."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=overrides)
+    from prefalign.config import config_dir, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
 class SSOPipeline:
-    """The stages of one ``prefalign-sso`` run (see the module docstring)."""
+    """The stages of one ``prefalign-sso`` run (see the module docstring).
+
+    Building it composes and validates every iteration's training config (:meth:`train_config`);
+    nothing is loaded until :meth:`run`.
+    """
 
     def __init__(self, cfg: DictConfig) -> None:
+        if cfg.get("objective") is not None or cfg.get("module") is not None:
+            raise ConfigError(
+                "config key `objective`: prefalign-sso names every iteration's objective with "
+                "`train_objective=<name>` (e.g. train_objective=pbaa), its settings with "
+                "`objective_overrides=[objective.<key>=<value>]`"
+            )
         self.cfg = cfg
         self.work_dir = Path(cfg.work_dir).resolve()
         self.principles = load_principles(
@@ -86,19 +369,134 @@ class SSOPipeline:
         )
         self.sampling = SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True))
         self.allocation = SamplingConfig(**OmegaConf.to_container(cfg.allocation, resolve=True))
-        self._loaded: tuple[str, Any] | None = None
+        if not cfg.get("generator") or "_target_" not in cfg.generator:
+            raise ConfigError(
+                "config key `generator._target_` is required (e.g. HFGenerator.from_model_config)"
+            )
+        self.force = bool(OmegaConf.select(cfg, "resume.force", default=False))
+        self.train_configs = {i: self.train_config(i) for i in range(1, int(cfg.iterations) + 1)}
+        self._loaded: tuple[str, Generator] | None = None
+        self._prompt_drops = DropReport()
+        self.stages = STAGES  # the stages run per iteration (tests may run a prefix)
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def iteration_dir(self, i: int) -> Path:
         return self.work_dir / f"iter_{i}"
 
-    def done(self, i: int, stage: str) -> dict | None:
-        marker = self.iteration_dir(i) / f"{stage}.done.json"
-        return json.loads(marker.read_text()) if marker.exists() else None
+    def marker_path(self, i: int, stage: str) -> Path:
+        return self.iteration_dir(i) / f"{stage}.done.json"
 
-    def mark_done(self, i: int, stage: str, stats: Mapping[str, Any]) -> None:
-        marker = self.iteration_dir(i) / f"{stage}.done.json"
-        write_json(marker, dict(stats))
+    def done(self, i: int, stage: str) -> dict | None:
+        """The stage's marker (``None`` if the stage has not finished); a garbled one is an error."""
+        marker = self.marker_path(i, stage)
+        if not marker.exists():
+            return None
+        try:
+            value = json.loads(marker.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ResumeError(
+                f"{marker}: the stage marker is not valid JSON ({err}); {self._how_to_proceed()}"
+            ) from err
+        if not isinstance(value, dict):
+            raise ResumeError(f"{marker}: the stage marker is not a JSON object; {self._how_to_proceed()}")
+        return value
+
+    def stats(self, i: int, stage: str) -> dict:
+        """A finished stage's statistics (its marker without the artefact records)."""
+        return {k: v for k, v in (self.done(i, stage) or {}).items() if k != ARTEFACTS}
+
+    def _how_to_proceed(self) -> str:
+        return (
+            "to keep this run's artefacts start a new run (run_name=<new name>), or redo this stage "
+            "and every later one with resume.force=true"
+        )
+
+    def mark_done(self, i: int, stage: str, stats: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
+        """Write the stage's marker: its statistics, the settings that shaped it, its files' records."""
+        folder = self.iteration_dir(i)
+        names = self.policy_files(i) if stage == "train" else STAGE_FILES[stage]
+        files = {name: file_record(folder / name) for name in names}
+        write_json(
+            self.marker_path(i, stage),
+            {
+                **stats,
+                ARTEFACTS: {"settings": settings, "fingerprint": fingerprint(settings), "files": files},
+            },
+        )
+
+    def policy_files(self, i: int) -> list[str]:
+        folder = self.iteration_dir(i) / "policy"
+        return sorted(str(p.relative_to(self.iteration_dir(i))) for p in folder.rglob("*") if p.is_file())
+
+    def verify(
+        self, i: int, stage: str, marker: Mapping[str, Any], settings: Mapping[str, Any]
+    ) -> str | None:
+        """``None`` when a finished stage's files and settings are as its marker records, else what differs."""
+        path = self.marker_path(i, stage)
+        recorded = marker.get(ARTEFACTS)
+        if not isinstance(recorded, Mapping) or not {"settings", "files"} <= set(recorded):
+            return f"{path} records no settings and files (written by an older prefalign?)"
+        problem = check_files(self.iteration_dir(i), recorded["files"])
+        if problem:
+            return problem
+        difference = first_difference(recorded["settings"], settings)
+        if difference:
+            key, before, now = difference
+            short = lambda v: repr(v) if len(repr(v)) <= 200 else repr(v)[:200] + "..."  # noqa: E731
+            return f"{path}: setting `{key}` was {short(before)} when the stage ran, now {short(now)}"
+        return None
+
+    def settings(self, i: int, stage: str, prompts: list[dict]) -> dict[str, Any]:
+        """What shapes a stage's output: the config keys it reads and its inputs' fingerprints."""
+        return shaping(self._settings(i, stage, prompts))
+
+    def _settings(self, i: int, stage: str, prompts: list[dict]) -> dict[str, Any]:
+        container = lambda key: OmegaConf.to_container(self.cfg[key], resolve=True)  # noqa: E731
+        if stage == "train":
+            return {
+                "train_config": OmegaConf.to_container(self.train_configs[i], resolve=True),
+                "input": self._recorded_file(i, "sample", "preferences.jsonl"),
+            }
+        if stage == "evaluate":
+            judge, heldout = self.cfg.get("judge"), self.cfg.get("heldout")
+            return {
+                "judge": OmegaConf.to_container(judge, resolve=True) if judge else None,
+                "heldout": OmegaConf.to_container(heldout, resolve=True) if heldout else None,
+                "input": self._recorded_file(i, "sample", "preferences.jsonl"),
+                "policy": self._policy_fingerprint(i),
+            }
+        common = {
+            "model": self.policy_model_cfg(i - 1),
+            "policy": self._policy_fingerprint(i - 1),
+            "generator": container("generator"),
+            "principles": self.principles,
+        }
+        if stage == "allocate":
+            return {
+                "prompts": container("prompts"),
+                "iterations": int(self.cfg.iterations),
+                "seed": int(self.cfg.seed),
+                "max_prompt_tokens": int(self.cfg.max_prompt_tokens),
+                "allocation": container("allocation"),
+                **common,
+                "prompt_ids": [p["id"] for p in prompts],
+                "prompts_sha256": fingerprint(prompts),
+            }
+        return {
+            "sampling": container("sampling"),
+            **common,
+            "input": self._recorded_file(i, "allocate", "allocated.jsonl"),
+        }
+
+    def _recorded_file(self, i: int, stage: str, name: str) -> Any:
+        marker = self.done(i, stage) or {}
+        return marker.get(ARTEFACTS, {}).get("files", {}).get(name)
+
+    def _policy_fingerprint(self, i: int) -> str | None:
+        """π_i's weights as iteration i's train marker records them (π_0: the configured model)."""
+        if i == 0:
+            return None
+        return fingerprint((self.done(i, "train") or {}).get(ARTEFACTS, {}).get("files"))
 
     def policy_model_cfg(self, i: int) -> dict:
         """The model config of π_{i} (π_0: the configured starting model)."""
@@ -112,12 +510,61 @@ class SSOPipeline:
             "chat_template": None,
         }
 
-    def generator(self, i: int) -> HFGenerator:
+    def generator(self, i: int) -> Generator:
+        """π_i's sampling backend, instantiated from ``cfg.generator`` with ``model=`` π_i's model config."""
         key = json.dumps(self.policy_model_cfg(i), sort_keys=True, default=str)
         if self._loaded is None or self._loaded[0] != key:
-            model, tokenizer = load_model_and_tokenizer(self.policy_model_cfg(i))
-            self._loaded = (key, HFGenerator(model, tokenizer))
+            self._loaded = None  # free the previous policy first
+            self._loaded = (key, hydra.utils.instantiate(self.cfg.generator, model=self.policy_model_cfg(i)))
         return self._loaded[1]
+
+    # -- the training configs --------------------------------------------------------------------
+    def train_config(self, i: int) -> DictConfig:
+        """Iteration ``i``'s ``train`` config: ``objective``, ``objective_overrides``,
+        ``train_overrides``, this iteration's data and output folders, π_{i-1} as model and reference.
+
+        Raises:
+            ConfigError: naming the override or key that does not compose or validate (a typo in a
+                paper config's overrides fails here, before any model is loaded).
+        """
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from prefalign.config import validate_train_config
+
+        previous = self.policy_model_cfg(i - 1)
+        overrides = [
+            f"objective={self.cfg.train_objective}",
+            *self.cfg.objective_overrides,
+            *self.cfg.train_overrides,
+            f"data.train.path={self.iteration_dir(i) / 'preferences.jsonl'}",
+            "data.val=null",
+            f"paths.output_dir={self.iteration_dir(i) / 'train'}",
+            f"callbacks.hf_export.dirpath={self.iteration_dir(i) / 'policy'}",
+            f"seed={int(self.cfg.seed) + i}",
+        ]
+        where = "config keys `train_objective` / `objective_overrides` / `train_overrides`"
+        try:
+            train_cfg = compose_train_config(overrides)
+            with open_dict(train_cfg):
+                train_cfg.model = OmegaConf.create(previous)
+                train_cfg.reference.model = OmegaConf.create(previous)  # π_{i-1}: frozen within the iteration
+            if self.cfg.get("wandb") and "wandb" in (train_cfg.get("logger") or {}):
+                with open_dict(train_cfg):  # the iterations' runs sit together with the pipeline's run
+                    train_cfg.logger.wandb.group = self.cfg.wandb.group
+                    train_cfg.logger.wandb.name = f"{self.cfg.run_name}-iter{i}"
+            OmegaConf.to_container(train_cfg, resolve=True)  # every interpolation resolves
+            startup = train_cfg.copy()
+            with open_dict(startup):
+                startup.data.train = None  # preferences.jsonl is written by the sample stage
+            validate_train_config(startup)
+            check_numbers(train_cfg.objective, "objective")
+            hydra.utils.instantiate(train_cfg.objective)  # hyper-parameters in range
+        except ConfigError as err:
+            raise ConfigError(f"iteration {i}'s training config ({where}): {err}") from err
+        except (HydraException, OmegaConfBaseException, TypeError, ValueError) as err:
+            raise ConfigError(f"iteration {i}'s training config ({where}): {err}") from err
+        return train_cfg
 
     # -- stages ------------------------------------------------------------------------------------
     def allocate(self, i: int, prompts: list[dict]) -> dict:
@@ -130,7 +577,7 @@ class SSOPipeline:
         questions = [
             [{"role": "user", "content": allocation_prompt(p["prompt"], self.principles)}] for p in kept
         ]
-        answers = generator.generate(questions, self.allocation)
+        answers = generate(generator, questions, self.allocation, [f"{i}/{p['id']}/allocate" for p in kept])
         rng, stats = random.Random(int(self.cfg.seed) + i), AllocationStats()
         rows = []
         for prompt, answer in zip(kept, answers, strict=True):
@@ -144,7 +591,8 @@ class SSOPipeline:
                     "fallback": stats.fallbacks > fallbacks,
                 }
             )
-        write_jsonl(self.iteration_dir(i) / "allocated.jsonl", rows)
+        if world()[0] == 0:  # one writer; the other ranks hold the same rows
+            write_jsonl(self.iteration_dir(i) / "allocated.jsonl", rows)
         return {
             "prompts": len(prompts),
             "dropped": dict(drops.counts),
@@ -152,6 +600,7 @@ class SSOPipeline:
             "fallbacks": stats.fallbacks,
             "fallback_rate": stats.fallback_rate,
             "features": dict(stats.picked),
+            "prompt_file_dropped": dict(self._prompt_drops.counts),
         }
 
     def sample(self, i: int) -> dict:
@@ -167,9 +616,12 @@ class SSOPipeline:
             ]
 
         started = time.perf_counter()
-        chosen = generator.generate(conversations(good), self.sampling)
-        rejected = generator.generate(conversations(bad), self._shifted(1))
-        original = generator.generate(conversations([None] * len(allocated)), self._shifted(2))
+        keys = lambda role: [f"{i}/{r['id']}/{role}" for r in allocated]  # noqa: E731
+        chosen = generate(generator, conversations(good), self.sampling, keys("chosen"))
+        rejected = generate(generator, conversations(bad), self._shifted(1), keys("rejected"))
+        original = generate(
+            generator, conversations([None] * len(allocated)), self._shifted(2), keys("original")
+        )
         seconds = time.perf_counter() - started
         drops, rows = DropReport(total=len(allocated)), []
         for r, g, y_pos, y_neg, y_o, b in zip(allocated, good, chosen, rejected, original, bad, strict=True):
@@ -201,7 +653,8 @@ class SSOPipeline:
             )
         if not rows:
             raise DataError(f"iteration {i}: every generation was empty ({drops.summary('samples')})")
-        write_jsonl(self.iteration_dir(i) / "preferences.jsonl", rows)
+        if world()[0] == 0:
+            write_jsonl(self.iteration_dir(i) / "preferences.jsonl", rows)
         new_tokens = sum(r["chosen_tokens"] + r["rejected_tokens"] + r["original_tokens"] for r in rows)
         return {
             "samples": len(rows),
@@ -215,35 +668,41 @@ class SSOPipeline:
         return SamplingConfig(**{**self.sampling.__dict__, "seed": self.sampling.seed + 1000 * offset})
 
     def train(self, i: int) -> dict:
+        """Train π_i from π_{i-1}; stop if the result has non-finite weights or metrics."""
+        self._loaded = None  # free the sampling copy of the policy before training
+        metrics = self._fit(self.train_configs[i])
+        policy = self.iteration_dir(i) / "policy"
+        problem = check_finite_policy(policy, metrics)
+        if problem:
+            raise NonFinitePolicyError(
+                f"iteration {i}: the trained policy π_{i} ({policy}) is broken: {problem}. Nothing "
+                "samples from it and the train stage is not marked done; lower optimizer.lr in "
+                "train_overrides (or check the data) and rerun with resume.force=true"
+            )
+        previous = self.policy_model_cfg(i - 1)
+        if i > 1 or previous.get("tiny") or Path(str(previous.get("name_or_path"))).is_dir():
+            from prefalign.models.loading import resolve_model_path
+
+            change = policy_change(Path(resolve_model_path(previous)), policy)
+        else:
+            change = None  # a hub model: not compared
+        if change is not None:
+            log.info("iteration %d: the policy moved by %s", i, change)
+        return {
+            "metrics": metrics,
+            "reference": previous.get("name_or_path") or "tiny",
+            "policy_change": change,
+        }
+
+    @staticmethod
+    def _fit(train_cfg: DictConfig) -> dict[str, float]:
         from prefalign.training.run import run_task, train
 
-        self._loaded = None  # free the sampling copy of the policy before training
-        previous = self.policy_model_cfg(i - 1)
-        out = self.iteration_dir(i) / "train"
-        overrides = [
-            f"objective={self.cfg.objective}",
-            *self.cfg.objective_overrides,
-            *self.cfg.train_overrides,
-            f"data.train.path={self.iteration_dir(i) / 'preferences.jsonl'}",
-            "data.val=null",
-            f"paths.output_dir={out}",
-            f"callbacks.hf_export.dirpath={self.iteration_dir(i) / 'policy'}",
-            f"seed={int(self.cfg.seed) + i}",
-        ]
-        train_cfg = compose(config_name="train", overrides=overrides)
-        with open_dict(train_cfg):
-            train_cfg.model = OmegaConf.create(previous)
-            train_cfg.reference.model = OmegaConf.create(previous)  # π_{i-1}: frozen within the iteration
-        if self.cfg.get("wandb") and "wandb" in (train_cfg.get("logger") or {}):
-            with open_dict(train_cfg):  # the iterations' runs sit together with the pipeline's run
-                train_cfg.logger.wandb.group = self.cfg.wandb.group
-                train_cfg.logger.wandb.name = f"{self.cfg.run_name}-iter{i}"
-        metrics = run_task(train, train_cfg)
-        return {"metrics": metrics, "reference": previous.get("name_or_path") or "tiny"}
+        return run_task(train, train_cfg)
 
     def evaluate(self, i: int) -> dict:
         rows = read_jsonl(self.iteration_dir(i) / "preferences.jsonl")
-        train_metrics = self.done(i, "train")["metrics"]
+        train_metrics = self.stats(i, "train")["metrics"]
         mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
         report = {
             "iteration": i,
@@ -254,6 +713,9 @@ class SSOPipeline:
             "hit_max_new_tokens": mean("hit_max_new_tokens"),
             **{k: v for k, v in train_metrics.items() if k.startswith("train/")},
         }
+        change = self.stats(i, "train").get("policy_change")
+        if change:  # how far π_i moved from π_{i-1} (0: the iteration trained nothing)
+            report.update({f"policy_change/{k}": v for k, v in change.items()})
         if self.cfg.get("judge"):
             from prefalign.generation.judges import signal_accuracy
 
@@ -267,38 +729,94 @@ class SSOPipeline:
         return report
 
     def heldout(self, i: int) -> dict[str, float]:
-        """π_i's metric on the ``heldout`` records (:class:`prefalign.training.callbacks.GenerationEval`)."""
+        """π_i's metric on the ``heldout`` records (:class:`prefalign.training.callbacks.GenerationEval`).
+
+        Uses the generator's Hugging Face model when it has one, else loads π_i for it.
+        """
         from prefalign.training.callbacks import GenerationEval
 
         evaluation = GenerationEval(**OmegaConf.to_container(self.cfg.heldout, resolve=True))
         generator = self.generator(i)
-        values, _ = evaluation.evaluate(generator.model, generator.tokenizer)
+        if getattr(generator, "model", None) is not None:
+            model, tokenizer = generator.model, generator.tokenizer
+        else:
+            from prefalign.models.loading import load_model_and_tokenizer
+
+            model, tokenizer = load_model_and_tokenizer(self.policy_model_cfg(i))
+        values, _ = evaluation.evaluate(model, tokenizer)
         return values
 
     # -- driver ------------------------------------------------------------------------------------
     def run(self) -> list[dict]:
+        """Run (or resume) every iteration; returns the per-iteration reports."""
+        self._prompt_drops = DropReport()
         splits = load_prompt_splits(
             OmegaConf.to_container(self.cfg.prompts, resolve=True),
             int(self.cfg.iterations),
             int(self.cfg.seed),
+            self._prompt_drops,
         )
-        reports = []
+        reports, redo = [], False
         for i in range(1, int(self.cfg.iterations) + 1):
             self.iteration_dir(i).mkdir(parents=True, exist_ok=True)
-            for stage in STAGES:
-                if self.done(i, stage) is not None:
+            for stage in self.stages:
+                redo = self._needs_redo(i, stage, splits[i - 1], redo)
+                if not redo and self.marker_path(i, stage).exists():
                     log.info("iteration %d: %s already done, skipping", i, stage)
                     continue
                 log.info("iteration %d: %s", i, stage)
-                if stage == "evaluate":  # a new report: log it to W&B even if an earlier one was
-                    (self.iteration_dir(i) / "wandb.done").unlink(missing_ok=True)
-                stats = self.allocate(i, splits[i - 1]) if stage == "allocate" else getattr(self, stage)(i)
-                self.mark_done(i, stage, stats)
-            reports.append(self.done(i, "evaluate"))
+                barrier()  # every rank has decided before rank 0 removes the stale marker
+                rank = world()[0]
+                if rank == 0:
+                    self.marker_path(i, stage).unlink(missing_ok=True)
+                    if stage == "evaluate":  # a new report: log it to W&B even if an earlier one was
+                        (self.iteration_dir(i) / "wandb.done").unlink(missing_ok=True)
+                if stage == "evaluate" and rank != 0:
+                    pass  # the judge and held-out evaluation run on rank 0 (not yet sharded)
+                else:
+                    stats = (
+                        self.allocate(i, splits[i - 1]) if stage == "allocate" else getattr(self, stage)(i)
+                    )
+                barrier()  # the stage's files are written
+                if rank == 0:
+                    self.mark_done(i, stage, stats, self.settings(i, stage, splits[i - 1]))
+                barrier()  # its marker too: every rank reads it next
+            reports.append(self.stats(i, "evaluate"))
             log.info("iteration %d: %s", i, json.dumps(reports[-1], default=str))
-            self.log_to_wandb(i, reports[-1])
-        write_json(self.work_dir / "report.json", reports)
+            if world()[0] == 0:
+                self.log_to_wandb(i, reports[-1])
+        if world()[0] == 0:
+            write_json(self.work_dir / "report.json", reports)
         return reports
+
+    def _needs_redo(self, i: int, stage: str, prompts: list[dict], redo: bool) -> bool:
+        """Whether a stage must run again: it has no marker, or an earlier stage was redone under
+        ``resume.force``, or (forced) its marker does not match; unforced, a mismatch is an error."""
+        if redo:
+            return True
+        try:
+            marker = self.done(i, stage)
+            problem = (
+                None if marker is None else self.verify(i, stage, marker, self.settings(i, stage, prompts))
+            )
+        except ResumeError as err:
+            if not self.force:
+                raise
+            problem = str(err)
+        if problem is None:
+            return False
+        if not self.force:
+            raise ResumeError(
+                f"iteration {i}, stage {stage}: {problem}. This run's artefacts were made with other "
+                f"settings or files; {self._how_to_proceed()}"
+            )
+        log.warning(
+            "iteration %d: %s differs (%s); resume.force=true: redoing it and every later stage",
+            i,
+            stage,
+            problem,
+        )
+        return True
 
     # -- W&B ---------------------------------------------------------------------------------------
     def log_to_wandb(self, i: int, report: Mapping[str, Any]) -> None:
