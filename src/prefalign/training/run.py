@@ -98,8 +98,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from the config, fit, and return the final callback metrics."""
     validate_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    objective = instantiate(cfg.objective)  # its own argument checks run before the model loads
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    objective = instantiate(cfg.objective)
     multi_sequence = isinstance(objective, MultiSequenceObjective)
     if multi_sequence != issubclass(get_class(cfg.data._target_), PreferenceDataModule):
         kind = "preference data (e.g. data=tiny_preference)" if multi_sequence else "chat data"
