@@ -28,7 +28,7 @@ def _poison_ce(monkeypatch, steps: set[int], sample: int = 2) -> list[str]:
 
     def poisoned_forward(self, policy, batch):
         output = forward(self, policy, batch)
-        if self.training:
+        if self.training and torch.is_grad_enabled():  # training steps, not the guard's probe
             if calls["n"] in steps:
                 nan = torch.zeros_like(output.losses)
                 nan[sample] = float("nan")

@@ -7,6 +7,8 @@ Checks, in order of the training loop:
 * before every optimiser step (``on_before_optimizer_step``, after backward and before gradient
   clipping): the batch loss, every per-example term of the objective (``ObjectiveOutput.metrics``:
   CE, τ, r_agg, margin, W, G, base loss...) and the gradient norm;
+* at the end of every epoch, before its checkpoint: the loss and terms of the final weights on
+  the epoch's last batch (one forward pass; an update can leave finite weights that give NaN);
 * whenever a checkpoint is saved (``on_save_checkpoint``) and before the Hugging Face export
   (:class:`prefalign.training.callbacks.ExportHF`): every parameter.
 
@@ -106,6 +108,7 @@ class NonFiniteGuard(L.Callback):
         self.skipped = 0
         self._ids: list[str] = []
         self._batch_ids: list[str] = []
+        self._last_batch: Any = None
         self._loss_problem: dict[str, str] = {}
 
     # -- state carried in checkpoints --------------------------------------------------------------
@@ -122,6 +125,7 @@ class NonFiniteGuard(L.Callback):
         # with gradient accumulation, the ids of every micro-batch since the last optimiser step
         self._batch_ids = [str(i) for i in (batch.get("id", []) if isinstance(batch, Mapping) else [])]
         self._ids.extend(self._batch_ids)
+        self._last_batch = batch
 
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
@@ -172,6 +176,32 @@ class NonFiniteGuard(L.Callback):
     ) -> None:
         if self.max_skipped_steps:
             pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Probe the weights left by the epoch's last update on its last batch, before the epoch's
+        checkpoint and the export: a last step can leave finite weights that only give NaN (one
+        huge update), which no training step of this epoch would see."""
+        batch, self._last_batch = self._last_batch, None
+        if batch is None or not hasattr(pl_module, "objective_output"):
+            return
+        with torch.no_grad():
+            output = pl_module.objective_output(batch)
+            terms = {"loss": output.loss(), **(output.metrics if self.check_terms else {})}
+        problems = nonfinite_terms(terms, self._batch_ids)
+        if not _any_rank(trainer, bool(problems), pl_module.device):
+            return
+        detail = "; ".join(f"{name}: {text}" for name, text in problems.items()) or "on another rank"
+        message = (
+            f"the weights after training step {trainer.global_step} (end of epoch {trainer.current_epoch}) "
+            f"give non-finite values on the epoch's last batch: {detail}"
+        )
+        if self.max_skipped_steps:
+            log.warning("%s (max_skipped_steps=%d: training continues)", message, self.max_skipped_steps)
+            return
+        raise NonFiniteError(
+            f"{message}. Training stopped; no checkpoint or export was written from these weights. "
+            "Lower optimizer.lr."
+        )
 
     # -- before anything is saved ------------------------------------------------------------------
     def on_save_checkpoint(
