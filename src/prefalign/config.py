@@ -175,8 +175,96 @@ def _check_source(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"config key `{key}.path`: {p} does not exist")
 
 
+def _check_training_length(cfg: DictConfig) -> None:
+    """``trainer.max_epochs`` >= 1, or -1 / null ("until max_steps") with ``trainer.max_steps`` >= 1."""
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    if steps is None:
+        steps = -1
+    if not _is_int(steps) or (steps < 1 and steps != -1):
+        raise ConfigError(
+            f"config key `trainer.max_steps` must be -1 (no limit) or an integer >= 1, got {steps!r}"
+        )
+    if epochs is None or (_is_int(epochs) and epochs == -1):
+        if steps == -1:
+            raise ConfigError(
+                f"config key `trainer.max_epochs`: {epochs!r} means 'train until trainer.max_steps', "
+                "but trainer.max_steps is -1 (no limit); set trainer.max_epochs >= 1 or trainer.max_steps >= 1"
+            )
+        return
+    if not _is_int(epochs) or epochs < 1:
+        raise ConfigError(
+            f"config key `trainer.max_epochs` must be an integer >= 1 (or -1 with trainer.max_steps >= 1 "
+            f"to train until max_steps), got {epochs!r}"
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numeric_annotation(annotation: object) -> bool:
+    """Whether a parameter annotation accepts numbers but not strings (``float``, ``int | None``...)."""
+    import types
+    import typing
+
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return str not in args and any(a in (int, float) for a in args)
+    return False
+
+
+def _check_numeric_arguments(cfg: DictConfig, key: str) -> None:
+    """Every argument of the ``_target_`` at ``key`` annotated as a number must be a finite number.
+
+    Hydra reads ``objective.beta=abc`` as the string ``'abc'``; without this check the run would
+    load the model and fail in the first training step.
+    """
+    import inspect
+    import math
+    import typing
+
+    from hydra.utils import get_object
+
+    node = OmegaConf.select(cfg, key, default=None)
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    try:
+        target = get_object(node._target_)
+    except Exception as err:  # noqa: BLE001 - a target that does not import
+        raise ConfigError(f"config key `{key}._target_`: cannot import {node._target_!r}: {err}") from err
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check against
+        return
+    for name, annotation in hints.items():
+        if name not in node or not _numeric_annotation(annotation):
+            continue
+        value = OmegaConf.select(node, name)
+        if value is None and type(None) in typing.get_args(annotation):
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ConfigError(f"config key `{key}.{name}` must be a finite number, got {value!r}")
+
+
+def _check_local_model(cfg: DictConfig, key: str) -> None:
+    """A model path that is clearly local (absolute, ``./``, ``~``, or deeper than a hub id's
+    ``org/name``) must be an existing folder, or a hub lookup would fail with a misleading error."""
+    from prefalign.models.loading import missing_local_model
+
+    name = OmegaConf.select(cfg, f"{key}.name_or_path", default=None)
+    if isinstance(name, str) and missing_local_model(name):
+        raise ConfigError(f"config key `{key}.name_or_path`: no such folder {Path(name).expanduser()}")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
-    """Check a ``train`` config before anything heavy happens; raises :class:`ConfigError`."""
+    """Check a ``train`` config before anything heavy happens (no model is loaded yet); raises
+    :class:`ConfigError` naming the key: required groups, a missing local model folder, the
+    training length, numbers where numbers are expected (objective and optimiser arguments),
+    data sources, schedule, checkpoint and strategy."""
     for key in (
         "objective._target_",
         "data._target_",
@@ -186,7 +274,13 @@ def validate_train_config(cfg: DictConfig) -> None:
         _require(cfg, key)
     if not (OmegaConf.select(cfg, "model.name_or_path") or OmegaConf.select(cfg, "model.tiny")):
         raise ConfigError("config keys `model.name_or_path` / `model.tiny`: set one of them")
+    _check_local_model(cfg, "model")
+    if OmegaConf.select(cfg, "reference.mode", default=None) == "live":
+        _check_local_model(cfg, "reference.model")
+    _check_training_length(cfg)
     _positive(cfg, "optimizer.lr")
+    for key in ("objective", "optimizer"):
+        _check_numeric_arguments(cfg, key)
     _positive(cfg, "data.max_length")
     _positive(cfg, "data.batch_size")
     _positive(cfg, "data.eval_batch_size", allow_none=True)

@@ -340,3 +340,90 @@ def test_tokenizer_fingerprint_ignores_call_time_padding_state():
     before = tokenizer_fingerprint(tokenizer)
     tokenizer(["a", "abc"], padding=True)
     assert tokenizer_fingerprint(tokenizer) == before
+
+
+def _full_encoding(tokenizer, messages, max_length):
+    """The encoding without clipping: render and tokenise the whole conversation, then cut."""
+    text, spans = assistant_spans(tokenizer, messages)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = [
+        token if any(s < end and start < e for s, e in spans) else IGNORE_INDEX
+        for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True)
+    ]
+    return encoding["input_ids"][:max_length], labels[:max_length]
+
+
+@pytest.mark.parametrize("bpe_merges", [0, 200])
+@pytest.mark.parametrize(
+    "filler",
+    ["The quick brown fox, café ☕ — jumps. ", "a", "word" * 40 + " ", "\n  \t"],
+    ids=["prose", "one-letter-run", "long-words", "whitespace"],
+)
+def test_oversized_records_encode_exactly_like_the_whole_rendering(
+    make_tokenizer, template_name, bpe_merges, filler
+):
+    """Clipping an oversized conversation before rendering keeps exactly the tokens and labels
+    that rendering and tokenising the whole conversation would keep."""
+    tokenizer = make_tokenizer(template_name, bpe_merges)
+    budget = (32 + chat.CLIP_MARGIN_TOKENS) * chat.max_token_chars(tokenizer)
+    long = "start " + filler * (3 * budget // len(filler) + 1) + " end"
+    cases = [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": long}],
+        [{"role": "user", "content": long}, {"role": "assistant", "content": "ok"}],
+        [
+            *TURNS[:2],
+            {"role": "user", "content": "more"},
+            {"role": "assistant", "content": long},
+            *TURNS[2:4],
+        ],
+    ]
+    for max_length in (8, 32, 40):
+        for messages in cases:
+            enc = encode_conversation(tokenizer, messages, max_length)
+            ids, labels = _full_encoding(tokenizer, messages, max_length)
+            assert enc.input_ids == ids
+            assert enc.labels == labels
+            assert enc.truncated
+
+
+def test_an_oversized_record_is_never_rendered_nor_tokenised_whole(make_tokenizer, monkeypatch):
+    """A 2 MB response with max_length=64: every string rendered or tokenised stays within a fixed
+    multiple of max_length characters (the old encoder rendered and tokenised all 2 MB, and its
+    Python lists of ids, labels and offsets grew with the record: 8.5 GB for 21.6 MB)."""
+    tokenizer = make_tokenizer("chatml", 200)
+    max_length = 64
+    bound = (max_length + chat.CLIP_MARGIN_TOKENS) * chat.max_token_chars(tokenizer) + 200
+    seen = []
+    render, call = type(tokenizer).apply_chat_template, type(tokenizer).__call__
+
+    def recording_render(self, *args, **kwargs):
+        text = render(self, *args, **kwargs)
+        seen.append(len(text))
+        return text
+
+    def recording_call(self, text, *args, **kwargs):
+        seen.append(len(text))
+        return call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "apply_chat_template", recording_render)
+    monkeypatch.setattr(type(tokenizer), "__call__", recording_call)
+    huge = "All work and no play makes a dull model. " * 50_000
+    enc = encode_conversation(
+        tokenizer, [{"role": "user", "content": "write"}, {"role": "assistant", "content": huge}], max_length
+    )
+    assert len(huge) > 2_000_000 and seen
+    assert max(seen) <= bound < len(huge) / 100
+    assert len(enc.input_ids) == max_length and enc.truncated and enc.num_response_tokens > 0
+
+
+def test_clip_conversation_cuts_at_the_limit_and_drops_later_turns():
+    messages = [
+        {"role": "user", "content": "abcd"},
+        {"role": "assistant", "content": "efghij"},
+        {"role": "user", "content": "k"},
+    ]
+    assert chat.clip_conversation(messages, 100) == (messages, False)
+    clipped, cut = chat.clip_conversation(messages, 7)
+    assert cut and clipped == [messages[0], {"role": "assistant", "content": "efg" + chat.CLIP_MARK}]
+    clipped, cut = chat.clip_conversation(messages, 4)
+    assert cut and clipped == [messages[0]]

@@ -498,3 +498,39 @@ def test_drop_report_examples_are_capped_and_merge_adds_counts():
     assert len(report.examples["empty_response"]) == 5
     assert report.dropped == 10
     assert "dropped 10 of 20 samples" in report.summary("src")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_non_utf8_bytes_name_the_file_and_the_byte_offset(tmp_path, suffix):
+    rows = [
+        {
+            "id": f"r{i}",
+            "messages": [{"role": "user", "content": "né"}, {"role": "assistant", "content": "ok"}],
+        }
+        for i in range(4)
+    ]
+    text = (
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
+        if suffix == ".jsonl"
+        else json.dumps(rows, ensure_ascii=False)
+    )
+    data = text.encode("utf-8")
+    offset = (
+        data.index("né".encode(), len(data) // 2) + 1
+    )  # inside a later record, after a multi-byte character
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(data[:offset] + b"\xff" + data[offset:])
+    with pytest.raises(DataError, match=rf"{path}: not UTF-8 text: .* byte offset {offset} \(line \d+\)"):
+        load_raw(str(path))
+
+
+def test_first_non_utf8_offset_does_not_depend_on_the_read_chunk(tmp_path):
+    from prefalign.data.records import first_non_utf8
+
+    data = "é€☕ab\n".encode() * 3
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(data + b"\xe2\x82" + b"z\n")  # a cut 3-byte character, then a plain byte
+    for chunk_size in range(1, 12):
+        assert first_non_utf8(path, chunk_size) == (len(data), 4)
+    path.write_bytes(data)
+    assert first_non_utf8(path, 5) is None

@@ -93,3 +93,24 @@ def test_bad_model_options_are_clear_errors(tmp_path, overrides, message):
 def test_model_config_needs_a_name_or_tiny_spec():
     with pytest.raises(ValueError, match="name_or_path"):
         load_model_and_tokenizer({"name_or_path": None, "tiny": None})
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./models/mine", "~/no-such-model-folder", "a/b/c"])
+def test_a_missing_local_model_folder_is_named_not_looked_up_on_the_hub(name):
+    from pathlib import Path
+
+    from prefalign.models.loading import load_model_and_tokenizer, missing_local_model
+
+    assert missing_local_model(name)
+    with pytest.raises(
+        FileNotFoundError, match=f"model.name_or_path: no such folder {Path(name).expanduser()}"
+    ):
+        load_model_and_tokenizer({"name_or_path": name})
+
+
+def test_hub_ids_and_existing_folders_are_not_missing_local_models(tmp_path):
+    from prefalign.models.loading import missing_local_model
+
+    assert not missing_local_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert not missing_local_model("gpt2")
+    assert not missing_local_model(str(tmp_path))

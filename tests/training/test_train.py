@@ -130,3 +130,16 @@ def test_multirun_over_two_learning_rates_produces_two_runs(tmp_path, session_ca
 
 
 FAST_CLI = ["data.train.limit=48", "data.val.limit=16", "data.batch_size=8", "callbacks.progress_bar=null"]
+
+
+def test_default_callbacks_guard_against_non_finite_values_and_write_checkpoints_atomically(compose_train):
+    from hydra.utils import instantiate
+
+    from prefalign.training.checkpointing import AtomicCheckpoints
+    from prefalign.training.guards import NonFiniteGuard
+
+    cfg = compose_train()
+    callbacks = {name: instantiate(c) for name, c in cfg.callbacks.items() if c is not None}
+    assert isinstance(callbacks["nonfinite_guard"], NonFiniteGuard)
+    assert callbacks["nonfinite_guard"].max_skipped_steps == 0  # the default is to stop
+    assert isinstance(callbacks["atomic_checkpoints"], AtomicCheckpoints)

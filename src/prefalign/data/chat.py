@@ -14,9 +14,11 @@ the fast tokenizer's character offsets, so no ``{% generation %}`` tags are need
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import weakref
 from dataclasses import dataclass
 
 import datasets
@@ -93,17 +95,69 @@ def assistant_spans(
     return text, spans
 
 
+# Tokens tokenised past max_length before a clipped conversation's cut, so that the kept tokens
+# never depend on where the cut fell (only tokens next to a cut can change).
+CLIP_MARGIN_TOKENS = 64
+CLIP_MARK = "."
+_MAX_TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def max_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:
+    """An upper bound on the characters one token covers: the longest vocabulary entry (a byte-level
+    entry has one symbol per byte, a SentencePiece entry one per character; cached per tokenizer)."""
+    try:
+        return _MAX_TOKEN_CHARS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    bound = max(1, max((len(token) for token in tokenizer.get_vocab()), default=1))
+    with contextlib.suppress(TypeError):  # not weak-referenceable: recomputed next time
+        _MAX_TOKEN_CHARS[tokenizer] = bound
+    return bound
+
+
+def clip_conversation(messages: list[dict], max_chars: int) -> tuple[list[dict], bool]:
+    """The conversation cut to its first ``max_chars`` characters of message content (later turns
+    dropped, the turn at the limit cut and ended with :data:`CLIP_MARK`), and whether anything was cut.
+
+    Rendering the clipped conversation gives a prefix of at least ``max_chars`` characters in
+    common with the full rendering (a template only adds text around the contents), so the
+    tokens that fit in that prefix are the same, and an oversized record is never rendered nor
+    tokenised whole.
+    """
+    clipped: list[dict] = []
+    remaining = max_chars
+    for message in messages:
+        if remaining <= 0:
+            return clipped, True
+        content = message["content"]
+        if len(content) <= remaining:
+            clipped.append(message)
+            remaining -= len(content)
+            continue
+        # the cut ends in a non-blank mark, so a template that trims contents (Llama-3) cannot eat
+        # a run of whitespace before the cut; the mark lies past the tokens that are kept
+        clipped.append({**message, "content": content[:remaining] + CLIP_MARK})
+        return clipped, True
+    return clipped, False
+
+
 def encode_conversation(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int, sample_id: str = "?"
 ) -> EncodedConversation:
     """Tokenise a conversation with the tokenizer's chat template, labelling response tokens only.
 
-    Truncation keeps the first ``max_length`` tokens.
+    Truncation keeps the first ``max_length`` tokens. A conversation whose contents are longer than
+    ``max_length + CLIP_MARGIN_TOKENS`` tokens could cover (:func:`max_token_chars`) is clipped
+    first (:func:`clip_conversation`), so memory stays bounded by a multiple of ``max_length``
+    however long the record.
     """
     if not tokenizer.is_fast:
         raise TemplateError(
             f"tokenizer {tokenizer.name_or_path!r} is not a fast tokenizer; character offsets are needed"
         )
+    messages, clipped = clip_conversation(
+        messages, (max_length + CLIP_MARGIN_TOKENS) * max_token_chars(tokenizer)
+    )
     text, spans = assistant_spans(tokenizer, messages, sample_id)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = encoding["input_ids"]
@@ -117,7 +171,7 @@ def encode_conversation(
         span_start, span_end = spans[span_index]
         if char_end > span_start and char_start < span_end:
             labels[t] = input_ids[t]
-    truncated = len(input_ids) > max_length
+    truncated = clipped or len(input_ids) > max_length
     input_ids, labels = input_ids[:max_length], labels[:max_length]
     return EncodedConversation(
         input_ids=input_ids,

@@ -90,6 +90,30 @@ def content_id(messages: list[dict[str, str]]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+def first_non_utf8(path: Path, chunk_size: int = 1 << 20) -> tuple[int, int] | None:
+    """``(byte offset, line number)`` of the first byte sequence in ``path`` that is not UTF-8, or
+    ``None`` when the whole file decodes (read in chunks; memory stays bounded)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(chunk_size)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                # err.start counts from the bytes the decoder held back plus this chunk
+                held = len(err.object) - len(chunk)
+                bad = offset - held + err.start
+                with path.open("rb") as g:
+                    lines = g.read(bad).count(b"\n") + 1
+                return bad, lines
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
 def _locate_bad_json_line(path: Path) -> str:
     """For a JSON-lines file, the first line that does not parse (for the error message)."""
     if path.suffix != ".jsonl":
@@ -268,6 +292,13 @@ def load_raw(
     if path.suffix in _FILE_FORMATS:
         if not path.is_file():
             raise DataError(f"{path}: file not found")
+        # pyarrow's JSON reader lets some invalid bytes through, to fail later with a bare
+        # UnicodeDecodeError naming no file; one chunked pass finds them first
+        bad_bytes = first_non_utf8(path) if _FILE_FORMATS[path.suffix] == "json" else None
+        if bad_bytes is not None:
+            raise DataError(
+                f"{path}: not UTF-8 text: an invalid byte at byte offset {bad_bytes[0]} (line {bad_bytes[1]})"
+            )
         try:
             return datasets.load_dataset(_FILE_FORMATS[path.suffix], data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001 - malformed file: name it, and the bad line when we can

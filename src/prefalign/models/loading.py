@@ -108,6 +108,18 @@ def materialize_tiny_model(spec: TinySpec, cache_dir: str | os.PathLike) -> Path
     return target
 
 
+def missing_local_model(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` is clearly a local path (absolute, ``./``, ``../``, ``~``, or with
+    more parts than a hub id's ``org/name``) that is not an existing folder or file."""
+    path = Path(name_or_path).expanduser()
+    looks_local = (
+        path.is_absolute()
+        or name_or_path.startswith((".", "~"))
+        or len([part for part in name_or_path.split("/") if part]) > 2
+    )
+    return looks_local and not path.exists()
+
+
 def resolve_model_path(cfg: Mapping[str, Any]) -> str:
     """The hub name or local folder of the model described by a ``model`` config."""
     if cfg.get("tiny"):
@@ -118,7 +130,10 @@ def resolve_model_path(cfg: Mapping[str, Any]) -> str:
         )
     if not cfg.get("name_or_path"):
         raise ValueError("model: set either model.name_or_path or model.tiny")
-    return str(cfg["name_or_path"])
+    name = str(cfg["name_or_path"])
+    if missing_local_model(name):  # not a hub id: the hub's error would only confuse
+        raise FileNotFoundError(f"model.name_or_path: no such folder {Path(name).expanduser()}")
+    return name
 
 
 def load_tokenizer(

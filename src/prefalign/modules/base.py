@@ -111,6 +111,8 @@ class AlignmentModule(L.LightningModule):
         output = self.objective_output(batch)
         loss = output.loss()
         self._log_output("train", output, loss, batch)
+        # the step's detached terms, checked by NonFiniteGuard before the optimiser step
+        self.last_train_terms = {"loss": loss.detach(), **output.metrics}
         # callbacks (histograms, sample tables) see the per-example metrics
         return {"loss": loss, "metrics": output.metrics}
 

@@ -84,6 +84,8 @@ class MetricHistograms(L.Callback):
 class ExportHF(L.Callback):
     """Writes the trained model (and the data module's tokenizer) in Hugging Face format at the end of fit.
 
+    The export is written to a temporary folder beside ``dirpath`` and renamed when complete, and
+    only from finite weights (:func:`prefalign.training.guards.check_finite_weights`).
     The folder loads with ``model=hf model.name_or_path=<dirpath>``: the next stage of a pipeline
     (the next SSO iteration's policy and reference, PoFT -> DPO) starts from it. Sharded models
     (FSDP, FSDP2) are gathered into a full state dict first, on CPU.
@@ -93,7 +95,11 @@ class ExportHF(L.Callback):
         self.dirpath = dirpath
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from prefalign.training.checkpointing import atomic_folder
+        from prefalign.training.guards import check_finite_weights
+
         model = pl_module.model
+        check_finite_weights(trainer, model.named_parameters(), f"the Hugging Face export to {self.dirpath}")
         state_dict = None
         if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -102,10 +108,11 @@ class ExportHF(L.Callback):
                 model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         if trainer.is_global_zero:
-            model.save_pretrained(self.dirpath, state_dict=state_dict)
-            tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(self.dirpath)
+            with atomic_folder(self.dirpath) as tmp:  # never half an export under the final name
+                model.save_pretrained(tmp, state_dict=state_dict)
+                tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp)
             log.info("exported the trained model to %s", self.dirpath)
         trainer.strategy.barrier()
 

@@ -142,8 +142,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate_train_config(cfg)
     check_data_keys(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    objective = instantiate(cfg.objective)  # its own argument checks run before the model loads
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    objective = instantiate(cfg.objective)
     module_cls, data_kwargs, module_kwargs = objective_wiring(cfg, objective)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, **data_kwargs)
     attach_frozen_columns(
