@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from prefalign.core.errors import DataError, DropReport
-from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
+from prefalign.data.batching import LengthGroupedBatchSampler, ResumableTrainOrder, pad_collate
 from prefalign.data.chat import tokenize_dataset
 from prefalign.data.filtering import filter_top_fraction
 from prefalign.data.language import filter_english
@@ -129,7 +129,7 @@ def load_conversations(
     return ds, report
 
 
-class ChatDataModule(L.LightningDataModule):
+class ChatDataModule(ResumableTrainOrder, L.LightningDataModule):
     """Loads, validates, tokenises and batches chat data for training and validation.
 
     Args:
@@ -260,6 +260,8 @@ class ChatDataModule(L.LightningDataModule):
             world_size=world,
             mega_batch_mult=self.mega_batch_mult if self.group_by_length else 1,
         )
+        if shuffle:  # the training order: saved in checkpoints, resumed mid-epoch
+            self.track_train_sampler(sampler)
         return DataLoader(
             ds.with_format(None),
             batch_sampler=sampler,

@@ -1,0 +1,116 @@
+"""Killed runs resume with ``ckpt_path=auto`` in their own folder and end where the unbroken run ends.
+
+A callback stops training (raises) at the start of a chosen optimiser step, as a preemption would;
+the run is then started again into the same folder with ``ckpt_path=auto``. 48 samples in batches
+of 8: 6 steps an epoch, 2 epochs; ``step.ckpt`` every 4 steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import open_dict
+
+from prefalign.core.errors import ConfigError
+from prefalign.training.resume import checkpoint_global_step, latest_checkpoint
+from prefalign.training.run import run_task, train
+
+
+class Preempted(RuntimeError):
+    """Raised by :class:`StopAtStep`, standing for a killed job."""
+
+
+class StopAtStep(L.Callback):
+    """Stops the run at the start of the batch that would make optimiser step ``step + 1``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Preempted(f"stopped at step {self.step}")
+
+
+COMMON = ["trainer.max_epochs=2", "logger=csv", "callbacks.step_checkpoint.every_n_train_steps=4"]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _run(compose_train, output, overrides=(), stop_at=None):
+    cfg = compose_train([*COMMON, *overrides], output=output)
+    if stop_at is not None:
+        with open_dict(cfg):
+            cfg.callbacks.stop = {"_target_": f"{__name__}.StopAtStep", "step": stop_at}
+    return cfg, run_task(train, cfg)
+
+
+@pytest.mark.slow  # five short trainings (about 20 s unloaded, minutes on a busy machine)
+@pytest.mark.parametrize(
+    ("stop_at", "resumed_from", "step"),
+    [
+        (7, "last.ckpt", 6),  # at the epoch boundary: last.ckpt (step 6) is newer than step.ckpt (4)
+        (10, "step.ckpt", 8),  # mid-epoch: step.ckpt (step 8, batch 2 of epoch 2) is the newest
+    ],
+)
+def test_a_killed_run_resumes_from_its_own_folder_and_equals_the_unbroken_run(
+    compose_train, tmp_path, stop_at, resumed_from, step
+):
+    _run(compose_train, "unbroken")
+    with pytest.raises(Preempted):
+        _run(compose_train, "killed", stop_at=stop_at)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    assert latest_checkpoint(checkpoints) == checkpoints / resumed_from
+    assert checkpoint_global_step(checkpoints / resumed_from) == step
+    cfg, _ = _run(compose_train, "killed", ["ckpt_path=auto"])  # relaunched into the same folder
+    assert cfg.ckpt_path == str(checkpoints / resumed_from)
+
+    expected = _weights(tmp_path / "unbroken" / "checkpoints" / "last.ckpt")
+    final = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 12
+    assert final["ChatDataModule"]["train_order"]["epoch"] == 1
+    for name, tensor in expected.items():  # bit for bit: same batches in the same order
+        torch.testing.assert_close(final["state_dict"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_auto_without_a_checkpoint_starts_from_scratch(compose_train, tmp_path):
+    cfg, _ = _run(compose_train, "fresh", ["ckpt_path=auto", "trainer.max_epochs=1"])
+    assert cfg.ckpt_path is None
+    assert checkpoint_global_step(tmp_path / "fresh" / "checkpoints" / "last.ckpt") == 6
+
+
+def test_an_unreadable_checkpoint_is_named(tmp_path):
+    (tmp_path / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"last\.ckpt cannot be read"):
+        latest_checkpoint(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_mid_epoch_checkpoint_of_two_ranks_stops_a_one_rank_resume(compose_train, tmp_path):
+    """N -> M ranks: a mid-epoch checkpoint needs the same world size; an epoch-end one does not."""
+    spawn = ["trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2"]
+    # 2 ranks x 8 samples a step: 3 steps an epoch; step.ckpt at step 2 is mid-epoch
+    _run(
+        compose_train,
+        "two",
+        [*spawn, "trainer.max_epochs=1", "callbacks.step_checkpoint.every_n_train_steps=2"],
+    )
+    checkpoints = tmp_path / "two" / "checkpoints"
+    mid = torch.load(checkpoints / "step.ckpt", map_location="cpu", weights_only=False)
+    assert mid["ChatDataModule"]["train_order"] == {
+        "epoch": 0,
+        "batches_consumed": 2,
+        "batches_per_epoch": 3,
+        "world_size": 2,
+        "batch_size": 8,
+    }
+    with pytest.raises(ConfigError, match=r"mid-epoch \(epoch 0, batch 2 of 3\) by 2 rank\(s\)"):
+        _run(compose_train, "one", [f"ckpt_path={checkpoints / 'step.ckpt'}"])
+    _run(compose_train, "one_from_epoch_end", [f"ckpt_path={checkpoints / 'epoch_000.ckpt'}"])
+    # epoch 2 on one rank: 6 steps after the 3 of the two-rank epoch
+    assert checkpoint_global_step(tmp_path / "one_from_epoch_end" / "checkpoints" / "last.ckpt") == 9
