@@ -216,7 +216,7 @@ def test_a_position_at_the_epoch_end_resumes_with_the_next_epoch_on_any_number_o
         # the same global batch order, dealt to `world` ranks
         every = LengthGroupedBatchSampler(LENGTHS, 8, seed=2)
         every.set_epoch(2)
-        dealt = [b for rank_batches in zip(*shards) for b in rank_batches]
+        dealt = [b for rank_batches in zip(*shards, strict=True) for b in rank_batches]
         assert dealt == list(every)[: len(dealt)]
 
 
