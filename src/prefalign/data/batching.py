@@ -190,7 +190,9 @@ class ResumableTrainOrder:
         if self._resume_position is not None:
             # Lightning looks for a stateful DataLoader and, finding none, warns that a mid-epoch
             # resume is unreliable; the order is restored here instead.
-            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            warnings.filterwarnings(
+                "ignore", message="You're resuming from a checkpoint that ended before the epoch"
+            )
 
 
 def pad_collate(
