@@ -114,3 +114,17 @@ def test_a_mid_epoch_checkpoint_of_two_ranks_stops_a_one_rank_resume(compose_tra
     _run(compose_train, "one_from_epoch_end", [f"ckpt_path={checkpoints / 'epoch_000.ckpt'}"])
     # epoch 2 on one rank: 6 steps after the 3 of the two-rank epoch
     assert checkpoint_global_step(tmp_path / "one_from_epoch_end" / "checkpoints" / "last.ckpt") == 9
+
+
+def test_auto_reads_the_step_of_sharded_checkpoint_folders(tmp_path):
+    """FSDP / FSDP2 write folders whose meta.pt holds the loop state; a tie prefers last.ckpt."""
+    for name, step in (("last.ckpt", 6), ("step.ckpt", 8)):
+        (tmp_path / name).mkdir()
+        torch.save({"global_step": step}, tmp_path / name / "meta.pt")
+    assert latest_checkpoint(tmp_path) == tmp_path / "step.ckpt"
+    torch.save({"global_step": 8}, tmp_path / "last.ckpt" / "meta.pt")
+    assert latest_checkpoint(tmp_path) == tmp_path / "last.ckpt"
+    assert latest_checkpoint(tmp_path / "missing") is None
+    (tmp_path / "step.ckpt" / "meta.pt").unlink()
+    with pytest.raises(ValueError, match=r"step\.ckpt/meta\.pt cannot be read"):
+        latest_checkpoint(tmp_path)
