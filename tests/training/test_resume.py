@@ -128,3 +128,57 @@ def test_auto_reads_the_step_of_sharded_checkpoint_folders(tmp_path):
     (tmp_path / "step.ckpt" / "meta.pt").unlink()
     with pytest.raises(ValueError, match=r"step\.ckpt/meta\.pt cannot be read"):
         latest_checkpoint(tmp_path)
+
+
+STOP_MODULE = """
+import lightning as L
+
+
+class StopAtStep(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"preempted at step {self.step}")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_killed_fsdp2_run_resumes_mid_epoch_from_its_sharded_step_checkpoint(tmp_path, run_app):
+    """Two FSDP2 ranks on CPU; sharded folders; 32 samples / (8 x 2 ranks) = 2 steps an epoch."""
+    from safetensors.torch import load_file
+
+    (tmp_path / "stop_callback.py").write_text(STOP_MODULE)
+    common = [
+        "trainer=fsdp2",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=2",
+        "data.train.limit=32",
+        "data.val.limit=8",
+        "data.batch_size=8",
+        "callbacks.progress_bar=null",
+        "logger=csv",
+        "callbacks.step_checkpoint.every_n_train_steps=1",
+    ]
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{tmp_path}:{Path(__file__).parents[2] / 'src'}"}
+    unbroken = run_app("prefalign.apps.train", [*common, "hydra.run.dir=unbroken"], tmp_path, **env)
+    assert unbroken.returncode == 0, unbroken.stderr[-4000:]
+    stop = ["+callbacks.stop._target_=stop_callback.StopAtStep", "+callbacks.stop.step=3"]
+    killed = run_app("prefalign.apps.train", [*common, *stop, "hydra.run.dir=killed"], tmp_path, **env)
+    assert killed.returncode != 0 and "preempted at step 3" in killed.stderr
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    assert (
+        checkpoints.joinpath("step.ckpt").is_dir() and checkpoint_global_step(checkpoints / "step.ckpt") == 3
+    )
+    assert latest_checkpoint(checkpoints) == checkpoints / "step.ckpt"  # mid-epoch: batch 1 of epoch 2
+    resumed = run_app(
+        "prefalign.apps.train", [*common, "hydra.run.dir=killed", "ckpt_path=auto"], tmp_path, **env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    expected = load_file(tmp_path / "unbroken" / "hf" / "model.safetensors")
+    final = load_file(tmp_path / "killed" / "hf" / "model.safetensors")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(final[name], tensor, rtol=0, atol=0, msg=name)
