@@ -224,7 +224,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     if not isinstance(warmup, (int, float)) or not 0.0 <= warmup < 1.0:
         raise ConfigError(f"config key `scheduler.warmup_ratio` must be in [0, 1), got {warmup!r}")
     ckpt = cfg.get("ckpt_path")
-    if ckpt is not None and not Path(str(ckpt)).exists():
+    if ckpt is not None and ckpt != "auto" and not Path(str(ckpt)).exists():  # auto: training.resume
         raise ConfigError(f"config key `ckpt_path`: {ckpt} does not exist")
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
