@@ -146,7 +146,8 @@ class StopAtStep(L.Callback):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_a_killed_fsdp2_run_resumes_mid_epoch_from_its_sharded_step_checkpoint(tmp_path, run_app):
+@pytest.mark.parametrize(("stop_at", "resumed_from"), [(2, "last.ckpt"), (3, "step.ckpt")])
+def test_a_killed_fsdp2_run_resumes_from_its_sharded_checkpoint(tmp_path, run_app, stop_at, resumed_from):
     """Two FSDP2 ranks on CPU; sharded folders; 32 samples / (8 x 2 ranks) = 2 steps an epoch."""
     from safetensors.torch import load_file
 
@@ -166,14 +167,13 @@ def test_a_killed_fsdp2_run_resumes_mid_epoch_from_its_sharded_step_checkpoint(t
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{tmp_path}:{Path(__file__).parents[2] / 'src'}"}
     unbroken = run_app("prefalign.apps.train", [*common, "hydra.run.dir=unbroken"], tmp_path, **env)
     assert unbroken.returncode == 0, unbroken.stderr[-4000:]
-    stop = ["+callbacks.stop._target_=stop_callback.StopAtStep", "+callbacks.stop.step=3"]
+    stop = ["+callbacks.stop._target_=stop_callback.StopAtStep", f"+callbacks.stop.step={stop_at}"]
     killed = run_app("prefalign.apps.train", [*common, *stop, "hydra.run.dir=killed"], tmp_path, **env)
-    assert killed.returncode != 0 and "preempted at step 3" in killed.stderr
+    assert killed.returncode != 0 and f"preempted at step {stop_at}" in killed.stderr
     checkpoints = tmp_path / "killed" / "checkpoints"
-    assert (
-        checkpoints.joinpath("step.ckpt").is_dir() and checkpoint_global_step(checkpoints / "step.ckpt") == 3
-    )
-    assert latest_checkpoint(checkpoints) == checkpoints / "step.ckpt"  # mid-epoch: batch 1 of epoch 2
+    assert checkpoints.joinpath(resumed_from).is_dir()  # a sharded checkpoint folder
+    assert checkpoint_global_step(checkpoints / resumed_from) == stop_at
+    assert latest_checkpoint(checkpoints) == checkpoints / resumed_from  # step 3: batch 1 of epoch 2
     resumed = run_app(
         "prefalign.apps.train", [*common, "hydra.run.dir=killed", "ckpt_path=auto"], tmp_path, **env
     )
