@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import secrets
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -132,9 +135,25 @@ def wandb_name(default: str) -> str:
     return f"{default}-{info['job_num']}" if info.get("mode") == "multirun" else default
 
 
+def unique_run_name() -> str:
+    """``${unique_run_name:}``: the leaf name of a run or sweep folder, unique per launch.
+
+    ``<YYYY-MM-DD_HH-MM-SS>_<6 random hex digits>``, so two runs started in the same second get two
+    folders. The tasks of one multi-task SLURM job step (``srun`` with ``SLURM_NTASKS > 1``, one
+    process per GPU) must share one folder and a requeued job must find its own again, so there the
+    name is ``slurm-<SLURM_JOB_ID>.<SLURM_STEP_ID>`` instead. OmegaConf caches the value per
+    config (``use_cache``), so every job of a multirun, and a pickled submitit job, sees the same one.
+    """
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_JOB_ID") and env.get("SLURM_STEP_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}"
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+
+
 def register_resolvers() -> None:
     """Register ``${bundled:...}``, ``${package_file:...}`` and the W&B run resolvers
-    ``${wandb_group:}``, ``${wandb_tags:...}``, ``${wandb_name:...}`` (idempotent)."""
+    ``${wandb_group:}``, ``${wandb_tags:...}``, ``${wandb_name:...}``, and the run-folder name
+    ``${unique_run_name:}`` (cached per config) (idempotent)."""
     resolvers = {
         "bundled": bundled,
         "package_file": package_file,
@@ -145,6 +164,8 @@ def register_resolvers() -> None:
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+    if not OmegaConf.has_resolver("unique_run_name"):
+        OmegaConf.register_new_resolver("unique_run_name", unique_run_name, use_cache=True)
 
 
 def _require(cfg: DictConfig, key: str) -> object:
@@ -296,7 +317,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     if not isinstance(warmup, (int, float)) or not 0.0 <= warmup < 1.0:
         raise ConfigError(f"config key `scheduler.warmup_ratio` must be in [0, 1), got {warmup!r}")
     ckpt = cfg.get("ckpt_path")
-    if ckpt is not None and not Path(str(ckpt)).exists():
+    if ckpt is not None and ckpt != "auto" and not Path(str(ckpt)).exists():  # auto: training.resume
         raise ConfigError(f"config key `ckpt_path`: {ckpt} does not exist")
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from prefalign.config import bundled
-from prefalign.core.errors import DataError
+from prefalign.core.errors import ConfigError, DataError
 from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
 from prefalign.data.chat import IGNORE_INDEX
 from prefalign.data.datamodule import ChatDataModule
@@ -155,6 +155,80 @@ def test_same_seed_and_epoch_give_the_same_order_and_set_epoch_changes_it():
     assert list(b) == epoch0
     assert list(LengthGroupedBatchSampler(LENGTHS, 8, seed=6)) != epoch0
     assert list(LengthGroupedBatchSampler(LENGTHS, 8, seed=6)) == epoch1  # epoch e draws with seed + e
+
+
+def test_lightning_sets_the_epoch_through_batch_sampler_sampler():
+    """Lightning calls set_epoch on ``loader.batch_sampler.sampler`` only; the shuffle must follow."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    sampler = LengthGroupedBatchSampler(LENGTHS, 8, seed=5)
+    loader = DataLoader(list(range(len(LENGTHS))), batch_sampler=sampler)
+    _set_sampler_epoch(loader, 3)
+    assert sampler.epoch == 3
+    assert list(sampler) == list(LengthGroupedBatchSampler(LENGTHS, 8, seed=8))  # seed + epoch
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("consumed", [0, 1, 17, 40])
+def test_a_resumed_sampler_continues_the_epoch_where_the_position_says(world, consumed):
+    for rank in range(world):
+        unbroken = LengthGroupedBatchSampler(
+            LENGTHS, 8, seed=2, rank=rank, world_size=world, mega_batch_mult=10
+        )
+        unbroken.set_epoch(4)
+        epoch = list(unbroken)
+        position = unbroken.position(consumed)
+        assert position == {
+            "epoch": 4,
+            "batches_consumed": consumed,
+            "batches_per_epoch": len(unbroken),
+            "world_size": world,
+            "batch_size": 8,
+        }
+        resumed = LengthGroupedBatchSampler(
+            LENGTHS, 8, seed=2, rank=rank, world_size=world, mega_batch_mult=10
+        )
+        resumed.resume(position)
+        assert resumed.epoch == 4
+        assert len(resumed) == len(epoch)  # Lightning counts the whole epoch and skips by itself
+        assert list(resumed) == epoch[consumed:]
+        assert list(resumed) == epoch  # the skip applies to one pass only
+
+
+def test_a_position_at_the_epoch_end_resumes_with_the_next_epoch_on_any_number_of_ranks():
+    two = LengthGroupedBatchSampler(LENGTHS, 8, seed=2, rank=0, world_size=2)
+    two.set_epoch(1)
+    position = two.position(len(two))
+    for world in (1, 2, 4):
+        shards = []
+        for rank in range(world):
+            resumed = LengthGroupedBatchSampler(LENGTHS, 8, seed=2, rank=rank, world_size=world)
+            resumed.resume(position)
+            assert resumed.epoch == 2
+            expected = LengthGroupedBatchSampler(LENGTHS, 8, seed=2, rank=rank, world_size=world)
+            expected.set_epoch(2)
+            assert list(resumed) == list(expected)
+            shards.append(list(resumed))
+        # the same global batch order, dealt to `world` ranks
+        every = LengthGroupedBatchSampler(LENGTHS, 8, seed=2)
+        every.set_epoch(2)
+        dealt = [b for rank_batches in zip(*shards, strict=True) for b in rank_batches]
+        assert dealt == list(every)[: len(dealt)]
+
+
+@pytest.mark.parametrize(("world", "batch_size"), [(1, 8), (4, 8), (2, 4)])
+def test_a_mid_epoch_position_of_another_world_or_batch_size_is_a_clear_error(world, batch_size):
+    written = LengthGroupedBatchSampler(LENGTHS, 8, seed=2, rank=0, world_size=2)
+    position = written.position(5)
+    other = LengthGroupedBatchSampler(LENGTHS, batch_size, seed=2, rank=0, world_size=world)
+    with pytest.raises(ConfigError, match=r"mid-epoch \(epoch 0, batch 5 of \d+\) by 2 rank\(s\)") as error:
+        other.resume(position)
+    assert "trainer.devices x trainer.num_nodes" in str(error.value)
+    assert "epoch_XXX.ckpt" in str(error.value)
 
 
 def test_bad_arguments():

@@ -54,8 +54,8 @@ def test_every_group_option_composes(group, option, tmp_path):
 
 
 def test_slurm_launcher_config_composes(tmp_path):
-    cfg = _compose(["hydra/launcher=slurm", f"paths.root_dir={tmp_path}"])
-    assert cfg.hydra.launcher.gpus_per_node == 8
+    cfg = _compose(["hydra/launcher=slurm", "trainer=gpu", "trainer.devices=8", f"paths.root_dir={tmp_path}"])
+    assert cfg.hydra.launcher.gpus_per_node == 8  # one task per GPU, from trainer.devices
     assert "submitit" in cfg.hydra.launcher._target_
 
 
@@ -63,7 +63,7 @@ def test_tiny_and_local_configs_instantiate(tmp_path):
     cfg = _compose([f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
     objective = instantiate(cfg.objective)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert objective.reduction == "token_mean" and len(callbacks) == 11
+    assert objective.reduction == "token_mean" and len(callbacks) == 12
 
 
 # GPU-scale experiments run here with tiny stand-ins for the hub models, data and ensemble.

@@ -14,21 +14,34 @@ Examples::
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from prefalign.config import config_dir, register_resolvers
+from prefalign.training.launch import child_rank_argv, log_rank, parent_job
 from prefalign.training.run import run_task, train
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``cfg.optimized_metric`` for hyper-parameter sweepers."""
-    metrics = run_task(train, cfg)
+def job(cfg: DictConfig) -> float | None:
+    """One Hydra job; returns ``cfg.optimized_metric`` for hyper-parameter sweepers."""
+    log_rank()
+    with parent_job():  # ranks Lightning starts for this job run this job (training.launch)
+        metrics = run_task(train, cfg)
     metric_name = cfg.get("optimized_metric")
     return metrics.get(metric_name) if metric_name else None
+
+
+def main() -> None:
+    """Entry point: a Lightning child rank runs its parent's job, any other process the command line."""
+    argv = child_rank_argv(sys.argv)
+    if argv is not None:
+        sys.argv = argv
+    job()
 
 
 if __name__ == "__main__":

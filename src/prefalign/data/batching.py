@@ -5,17 +5,24 @@ Batches are drawn from "mega-batches": a seeded shuffle of the data is cut into 
 the batches are shuffled. Samples in a batch then have similar lengths (little padding) while the
 order stays random from epoch to epoch. The sampler shards batches across ranks itself, so the
 Trainer runs with ``use_distributed_sampler=False``.
+
+Mid-epoch resume: a checkpoint stores the training order's position (epoch, batches consumed,
+world size; :class:`ResumableTrainOrder`, saved as the data module's state), and the resumed run's
+sampler starts that epoch's order where the checkpoint left it, so a run resumed from a checkpoint
+taken every K steps sees the same batches as the run that never stopped.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
+from prefalign.core.errors import ConfigError
 from prefalign.data.chat import IGNORE_INDEX
 
 
@@ -56,10 +63,55 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.mega_batch_mult = mega_batch_mult
         self.drop_last = drop_last
         self.epoch = 0
+        self._skip = 0  # batches of the next iteration already consumed before a resume
+
+    @property
+    def sampler(self) -> LengthGroupedBatchSampler:
+        """Lightning calls ``set_epoch`` on ``batch_sampler.sampler`` (not on the batch sampler) at
+        every epoch start; pointing it here is what makes the shuffle change from epoch to epoch."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at every epoch start; changes the shuffle."""
         self.epoch = epoch
+
+    def position(self, batches_consumed: int) -> dict[str, int]:
+        """Where training stands in the order: this epoch, and ``batches_consumed`` of its batches on
+        each rank already trained on (Lightning's count, which unlike the sampler's own count does
+        not include prefetched batches). Saved in checkpoints; :meth:`resume` reads it back."""
+        return {
+            "epoch": self.epoch,
+            "batches_consumed": batches_consumed,
+            "batches_per_epoch": len(self),
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+        }
+
+    def resume(self, position: dict[str, int]) -> None:
+        """Continue the order at ``position`` (from :meth:`position`): the next iteration yields
+        the rest of that epoch, or the next epoch when the checkpoint was taken at its end.
+
+        The batch order of an epoch does not depend on the number of ranks, so a checkpoint taken
+        at an epoch end resumes on any number of ranks. Mid-epoch, the batches consumed per rank
+        only mean the same on the same number of ranks with the same batch size.
+
+        Raises:
+            ConfigError: a mid-epoch position written with another world size or batch size.
+        """
+        consumed, per_epoch = position["batches_consumed"], position["batches_per_epoch"]
+        at_epoch_end = consumed >= per_epoch
+        same_shape = (position["world_size"], position["batch_size"]) == (self.world_size, self.batch_size)
+        if not at_epoch_end and consumed > 0 and not same_shape:
+            raise ConfigError(
+                f"the checkpoint was taken mid-epoch (epoch {position['epoch']}, batch {consumed} of "
+                f"{per_epoch}) by {position['world_size']} rank(s) with data.batch_size="
+                f"{position['batch_size']}; this run has {self.world_size} rank(s) with data.batch_size="
+                f"{self.batch_size}. Resume it with the same trainer.devices x trainer.num_nodes and "
+                "data.batch_size, or resume from an epoch-end checkpoint (checkpoints/epoch_XXX.ckpt), "
+                "which any number of ranks can continue"
+            )
+        self.epoch = position["epoch"] + 1 if at_epoch_end else position["epoch"]
+        self._skip = 0 if at_epoch_end else consumed
 
     def _global_batches(self) -> list[list[int]]:
         n = len(self.lengths)
@@ -102,7 +154,45 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         mine = batches[self.rank :: self.world_size][: len(self)]
         while len(mine) < len(self):
             mine.append(mine[-1] if mine else batches[0])
-        return iter(mine)
+        skip, self._skip = self._skip, 0  # a resume skips the consumed batches once
+        return iter(mine[skip:])
+
+
+class ResumableTrainOrder:
+    """Mixin for a ``LightningDataModule`` whose training loader uses a
+    :class:`LengthGroupedBatchSampler`: the training order's position is the data module's state,
+    which Lightning saves in every checkpoint and restores before building the loaders.
+
+    The data module calls :meth:`track_train_sampler` on each training sampler it builds.
+    """
+
+    _train_sampler: LengthGroupedBatchSampler | None = None
+    _resume_position: dict[str, int] | None = None
+
+    def track_train_sampler(self, sampler: LengthGroupedBatchSampler) -> LengthGroupedBatchSampler:
+        """Remember the training sampler and, after a checkpoint was loaded, resume it."""
+        if self._resume_position is not None:
+            sampler.resume(self._resume_position)
+        self._train_sampler = sampler
+        return sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"train_order": position}``: the epoch and the batches per rank trained on so far."""
+        trainer = getattr(self, "trainer", None)
+        if self._train_sampler is None or trainer is None:
+            return {}
+        consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_order": self._train_sampler.position(consumed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the saved position for the training sampler built next."""
+        self._resume_position = state_dict.get("train_order")
+        if self._resume_position is not None:
+            # Lightning looks for a stateful DataLoader and, finding none, warns that a mid-epoch
+            # resume is unreliable; the order is restored here instead.
+            warnings.filterwarnings(
+                "ignore", message="You're resuming from a checkpoint that ended before the epoch"
+            )
 
 
 def pad_collate(

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prefalign.core.errors import DataError, DropReport
 from prefalign.core.names import ALIGNED_SCORE, ID, LENGTH, MESSAGES, NOISE, SINGLE, sequence_id
-from prefalign.data.batching import LengthGroupedBatchSampler, pad_collate
+from prefalign.data.batching import LengthGroupedBatchSampler, ResumableTrainOrder, pad_collate
 from prefalign.data.chat import tokenize_dataset
 from prefalign.data.filtering import filter_top_fraction
 from prefalign.data.language import filter_english
@@ -136,7 +136,7 @@ def load_conversations(
     return ds, report
 
 
-class ChatDataModule(L.LightningDataModule):
+class ChatDataModule(ResumableTrainOrder, L.LightningDataModule):
     """Loads, validates, tokenises and batches chat data for training and validation.
 
     Args:
@@ -339,6 +339,8 @@ class ChatDataModule(L.LightningDataModule):
             world_size=world,
             mega_batch_mult=self.mega_batch_mult if self.group_by_length else 1,
         )
+        if shuffle:  # the training order: saved in checkpoints, resumed mid-epoch
+            self.track_train_sampler(sampler)
         return DataLoader(
             ds.with_format(None),
             batch_sampler=sampler,

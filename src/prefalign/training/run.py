@@ -19,7 +19,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.config import hydra_run_info, validate_train_config
 from prefalign.core.errors import ConfigError
@@ -29,6 +29,7 @@ from prefalign.models.loading import load_model_and_tokenizer
 from prefalign.objectives.base import Objective
 from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
+from prefalign.training.resume import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,24 @@ def check_data_keys(cfg: DictConfig) -> None:
         )
 
 
+def resolve_ckpt_path(cfg: DictConfig) -> None:
+    """``ckpt_path=auto``: replaced by the newest checkpoint of this run's own folder
+    (:func:`prefalign.training.resume.latest_checkpoint`), or ``None`` when it has none yet."""
+    if cfg.get("ckpt_path") != "auto":
+        return
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    checkpoint_dir = Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
+    found = latest_checkpoint(checkpoint_dir)
+    if found is None:
+        log.info("ckpt_path=auto: no checkpoint in %s yet, starting from scratch", checkpoint_dir)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(found) if found else None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from the config, attach frozen-model columns, fit, and return the final
     callback metrics."""
+    resolve_ckpt_path(cfg)
     validate_train_config(cfg)
     check_data_keys(cfg)
     L.seed_everything(cfg.seed, workers=True)

@@ -1,0 +1,138 @@
+"""Ranks started by Lightning's subprocess launcher run their parent's Hydra job, nothing else.
+
+With ``trainer=ddp|fsdp|fsdp2`` and ``trainer.devices > 1`` on one node (no SLURM or torchrun
+around it), Lightning starts ranks 1..N-1 as ``python -m <app> <the parent's sys.argv>`` plus
+``hydra.run.dir=<the run dir>``. In a multirun that command still holds ``-m`` and the sweep: each
+child would run the whole sweep again, in a sweep folder of its own, and with a sweeper that is not
+deterministic across processes (Optuna, random search) train other parameters than its parent.
+
+Here the parent job publishes its own overrides and output folder in the environment
+(:func:`parent_job`, around the job), which Lightning copies into every child, and a child rank
+rebuilds its command line from them before Hydra starts (:func:`child_rank_argv`): a single run
+of exactly the parent's job, writing into the parent's job folder (its log file
+``<app>_ddp_process_<rank>.log``, no second ``.hydra/``). One sweep folder per sweep; every rank
+trains the parent's parameters.
+
+Under SLURM (``srun``, one task per GPU) or torchrun, the launcher starts every rank itself and
+Lightning spawns nothing; each task already runs the same job (the submitit launcher pickles each
+job's config), so nothing here applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+# Environment variable holding the parent job's overrides and output folder (JSON).
+PARENT_JOB_ENV = "PREFALIGN_PARENT_JOB"
+# Set by Lightning's subprocess launcher in the parent (and copied to the children); restored
+# after each job so that the next job of a multirun launches its own ranks again.
+LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", PARENT_JOB_ENV)
+# Hydra command-line flags that choose the config (kept for the child; every other flag dropped).
+CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value in single quotes (paths may hold spaces, ``=`` or commas)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _config_flags(argv: Sequence[str]) -> list[str]:
+    """The config-choosing flags of a command line (``-cn name``, ``--config-dir=dir``...)."""
+    kept: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag = arg.split("=", 1)[0]
+        if flag in CONFIG_FLAGS:
+            if "=" in arg:
+                kept.append(arg)
+            elif i + 1 < len(args):
+                kept += [arg, args[i + 1]]
+                i += 1
+        i += 1
+    return kept
+
+
+def child_rank_argv(argv: Sequence[str], environ: dict[str, str] | None = None) -> list[str] | None:
+    """The command line a Lightning child rank should run, or ``None`` for any other process.
+
+    A child rank (``LOCAL_RANK`` > 0 with the parent's job in ``PREFALIGN_PARENT_JOB``) gets the
+    program name, the config-choosing flags of ``argv``, the parent job's overrides, and
+    ``hydra.run.dir`` = the parent job's folder: a single run (no ``-m``) of that one job.
+    """
+    env = os.environ if environ is None else environ
+    local_rank = env.get("LOCAL_RANK", "0")
+    if local_rank in ("", "0") or PARENT_JOB_ENV not in env:
+        return None
+    job = json.loads(env[PARENT_JOB_ENV])
+    return [
+        argv[0],
+        *_config_flags(argv[1:]),
+        *job["overrides"],
+        f"hydra.run.dir={_quote(job['output_dir'])}",
+        "hydra.output_subdir=null",  # the parent writes the job's .hydra/
+        f"hydra.job.name={job['job_name']}_ddp_process_{local_rank}",
+    ]
+
+
+def is_child_rank() -> bool:
+    """Whether this process is a child rank started for a parent's job (see :func:`child_rank_argv`)."""
+    return os.environ.get("LOCAL_RANK", "0") not in ("", "0") and PARENT_JOB_ENV in os.environ
+
+
+@contextlib.contextmanager
+def parent_job() -> Iterator[None]:
+    """Publish the running Hydra job to the ranks Lightning will start, and clean up after it.
+
+    Around one job (the app's task function): sets ``PREFALIGN_PARENT_JOB`` to the job's task
+    overrides and output folder (Lightning copies the environment into the children). Afterwards the
+    variables the launcher set in this process are restored and the process group is destroyed, so
+    the next job of a multirun starts its own ranks on a fresh port instead of believing it was
+    launched externally (Lightning reads ``LOCAL_RANK`` for that). Outside Hydra it does nothing.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or is_child_rank():
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in LAUNCHER_ENV}
+    hc = HydraConfig.get()
+    os.environ[PARENT_JOB_ENV] = json.dumps(
+        {
+            "overrides": list(hc.overrides.task),
+            "output_dir": str(hc.runtime.output_dir),
+            "job_name": str(hc.job.name),
+        }
+    )
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def log_rank() -> None:
+    """Log, in a child rank's own log file, which job it runs and in which world."""
+    if is_child_rank():
+        job = json.loads(os.environ[PARENT_JOB_ENV])
+        log.info(
+            "rank %s of world size %s: the parent's job in %s with overrides %s",
+            os.environ.get("LOCAL_RANK"),
+            os.environ.get("WORLD_SIZE"),
+            job["output_dir"],
+            job["overrides"],
+        )
