@@ -281,11 +281,15 @@ def _check_local_model(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"config key `{key}.name_or_path`: no such folder {Path(name).expanduser()}")
 
 
-def validate_train_config(cfg: DictConfig) -> None:
+def validate_train_config(cfg: DictConfig, check_model_paths: bool = True) -> None:
     """Check a ``train`` config before anything heavy happens (no model is loaded yet); raises
     :class:`ConfigError` naming the key: required groups, a missing local model folder, the
     training length, numbers where numbers are expected (objective and optimiser arguments),
-    data sources, schedule, checkpoint and strategy."""
+    data sources, schedule, checkpoint and strategy.
+
+    ``check_model_paths=False`` skips the existence check of local model folders, for configs
+    composed before the model is written (the SSO pipeline's later iterations train π_{i-1},
+    which iteration i-1 exports)."""
     for key in (
         "objective._target_",
         "data._target_",
@@ -295,8 +299,9 @@ def validate_train_config(cfg: DictConfig) -> None:
         _require(cfg, key)
     if not (OmegaConf.select(cfg, "model.name_or_path") or OmegaConf.select(cfg, "model.tiny")):
         raise ConfigError("config keys `model.name_or_path` / `model.tiny`: set one of them")
-    _check_local_model(cfg, "model")
-    if OmegaConf.select(cfg, "reference.mode", default=None) == "live":
+    if check_model_paths:
+        _check_local_model(cfg, "model")
+    if check_model_paths and OmegaConf.select(cfg, "reference.mode", default=None) == "live":
         _check_local_model(cfg, "reference.model")
     _check_training_length(cfg)
     _positive(cfg, "optimizer.lr")

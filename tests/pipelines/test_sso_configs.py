@@ -65,6 +65,7 @@ def _pipeline(overrides, tmp_path):
     ],
 )
 def test_cpu_study_variants_choose_the_table5_objectives(variant, objective, flags, tmp_path):
+    (tmp_path / "policy" / "sft").mkdir(parents=True)  # the study's SFT policy (π_0) must exist
     cfg, pipeline = _pipeline(["sso_experiment=cpu_world_sso", f"variant={variant}", "seed=2"], tmp_path)
     assert cfg.train_objective == objective
     assert cfg.run_name == f"{variant}_seed2" and cfg.iterations == 3

@@ -230,24 +230,6 @@ def check_finite_policy(policy_dir: Path, metrics: Mapping[str, float]) -> str |
     return None
 
 
-def check_numbers(target_cfg: DictConfig, key: str) -> None:
-    """Raise :class:`ConfigError` naming ``<key>.<argument>`` when an argument annotated as a number
-    (``float`` / ``int``) of ``target_cfg._target_`` is set to something else (``beta=abc``)."""
-    import inspect
-
-    from hydra.utils import get_method
-
-    try:
-        signature = inspect.signature(get_method(target_cfg._target_))
-    except (TypeError, ValueError):
-        return
-    for name, parameter in signature.parameters.items():
-        numeric = str(parameter.annotation) in ("float", "int", "<class 'float'>", "<class 'int'>")
-        value = target_cfg.get(name)
-        if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigError(f"config key `{key}.{name}` must be a number, got {value!r}")
-
-
 def policy_change(previous_dir: Path, policy_dir: Path) -> dict[str, float] | None:
     """How far training moved the weights: ``max_abs`` |π_i − π_{i−1}| over all parameters and
     ``relative_l2`` = ‖π_i − π_{i−1}‖ / ‖π_{i−1}‖, read one tensor at a time from the two
@@ -557,8 +539,7 @@ class SSOPipeline:
             startup = train_cfg.copy()
             with open_dict(startup):
                 startup.data.train = None  # preferences.jsonl is written by the sample stage
-            validate_train_config(startup)
-            check_numbers(train_cfg.objective, "objective")
+            validate_train_config(startup, check_model_paths=i == 1)  # π_{i-1} for i > 1 comes later
             hydra.utils.instantiate(train_cfg.objective)  # hyper-parameters in range
         except ConfigError as err:
             raise ConfigError(f"iteration {i}'s training config ({where}): {err}") from err
