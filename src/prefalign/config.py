@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prefalign.core.errors import ConfigError
 
@@ -113,16 +113,19 @@ def wandb_group(task: str = "run") -> str | None:
     return info.get("experiment")
 
 
-def wandb_tags(tags: object = ()) -> list[str]:
+def wandb_tags(tags: object = ()) -> ListConfig:
     """``${wandb_tags:${tags}}``: the configured tags plus ``experiment:<name>`` and, in a multirun,
-    ``multirun`` and ``sweep:<sweep folder>`` (W&B filters runs by tag)."""
+    ``multirun`` and ``sweep:<sweep folder>`` (W&B filters runs by tag).
+
+    Returned as a ``ListConfig``: OmegaConf's in-place resolution (``--cfg job --resolve``,
+    :func:`OmegaConf.resolve`) refuses a plain ``list`` from a resolver."""
     out = [str(t) for t in (tags or [])]
     info = hydra_run_info()
     if info.get("experiment"):
         out.append(f"experiment:{info['experiment']}")
     if info.get("mode") == "multirun":
         out += ["multirun", f"sweep:{info['sweep']}"]
-    return list(dict.fromkeys(t[:64] for t in out))  # W&B tags are at most 64 characters
+    return ListConfig(list(dict.fromkeys(t[:64] for t in out)))  # W&B tags: at most 64 characters
 
 
 def wandb_name(default: str) -> str:
