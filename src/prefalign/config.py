@@ -6,7 +6,6 @@ import importlib.util
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prefalign.core.errors import ConfigError
@@ -180,6 +179,8 @@ def _check_source(cfg: DictConfig, key: str) -> None:
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Check a ``train`` config before anything heavy happens; raises :class:`ConfigError`."""
+    import torch  # here, not at the top: the apps' --help / --cfg job never load torch
+
     for key in (
         "objective._target_",
         "data._target_",

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from prefalign.config import config_dir, register_resolvers
 from prefalign.core.errors import ConfigError, DataError
 from prefalign.core.jsonl import iter_jsonl, write_json, write_jsonl
-from prefalign.data.offline_builder import build_offline_dataset
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -44,6 +43,8 @@ def read_pairs(patterns: list[str]) -> list[dict]:
 
 def build(cfg: DictConfig) -> dict:
     """Build the dataset; returns the report (also written next to the output)."""
+    from prefalign.data.offline_builder import build_offline_dataset  # not for --help / --cfg job
+
     rows = read_pairs(list(cfg.inputs))
     judges = [hydra.utils.instantiate(j) for j in cfg.judges]
     kept, report = build_offline_dataset(

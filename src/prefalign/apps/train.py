@@ -16,7 +16,6 @@ import hydra
 from omegaconf import DictConfig
 
 from prefalign.config import config_dir, register_resolvers
-from prefalign.training.run import run_task, train
 
 register_resolvers()
 
@@ -24,6 +23,8 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` for hyper-parameter sweepers."""
+    from prefalign.training.run import run_task, train  # torch and Lightning: not for --help / --cfg
+
     metrics = run_task(train, cfg)
     metric_name = cfg.get("optimized_metric")
     return metrics.get(metric_name) if metric_name else None
