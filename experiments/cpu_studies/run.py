@@ -3,7 +3,7 @@
 Everything runs through the same Hydra apps and configs as the papers' runs; this script only
 generates the data, calls the apps with overrides, and reads their outputs back:
 
-1. **Data** (``prefalign.data.verifiable``): the verifiable world (string tasks whose answers are
+1. **Data** (``prefalign.worlds.verifiable``): the verifiable world (string tasks whose answers are
    checked exactly) and its principle-conditioned variant plus the SSO prompt set.
 2. **Aligned LLMs**: ``prefalign-train -m experiment=cpu_world_aligned
    aligned_member=zephyr_bytes,llama3_bpe`` — two tiny models trained with CE on the clean world,
@@ -172,7 +172,7 @@ def joined(values) -> str:
 # -- stages ------------------------------------------------------------------------------------------
 def make_data(out: Path, size: Size) -> dict:
     from prefalign.config import bundled
-    from prefalign.data.verifiable import write_principled, write_world
+    from prefalign.worlds.verifiable import write_principled, write_world
 
     world = write_world(
         out / "data" / "verifiable_world", size.world_train, 100, size.test, 0, FAMILIES, multi_turn_rate=0.1

@@ -9,8 +9,7 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prefalign.core.errors import ConfigError
 
@@ -116,16 +115,19 @@ def wandb_group(task: str = "run") -> str | None:
     return info.get("experiment")
 
 
-def wandb_tags(tags: object = ()) -> list[str]:
+def wandb_tags(tags: object = ()) -> ListConfig:
     """``${wandb_tags:${tags}}``: the configured tags plus ``experiment:<name>`` and, in a multirun,
-    ``multirun`` and ``sweep:<sweep folder>`` (W&B filters runs by tag)."""
+    ``multirun`` and ``sweep:<sweep folder>`` (W&B filters runs by tag).
+
+    Returned as a ``ListConfig``: OmegaConf's in-place resolution (``--cfg job --resolve``,
+    :func:`OmegaConf.resolve`) refuses a plain ``list`` from a resolver."""
     out = [str(t) for t in (tags or [])]
     info = hydra_run_info()
     if info.get("experiment"):
         out.append(f"experiment:{info['experiment']}")
     if info.get("mode") == "multirun":
         out += ["multirun", f"sweep:{info['sweep']}"]
-    return list(dict.fromkeys(t[:64] for t in out))  # W&B tags are at most 64 characters
+    return ListConfig(list(dict.fromkeys(t[:64] for t in out)))  # W&B tags: at most 64 characters
 
 
 def wandb_name(default: str) -> str:
@@ -290,6 +292,8 @@ def validate_train_config(cfg: DictConfig, check_model_paths: bool = True) -> No
     ``check_model_paths=False`` skips the existence check of local model folders, for configs
     composed before the model is written (the SSO pipeline's later iterations train π_{i-1},
     which iteration i-1 exports)."""
+    import torch  # here, not at the top: the apps' --help / --cfg job never load torch
+
     for key in (
         "objective._target_",
         "data._target_",

@@ -90,3 +90,36 @@ def test_there_are_three_notebooks():
         "training_dynamics.ipynb",
         "sso_iterations.ipynb",
     }
+
+
+def test_the_readme_papermill_command_runs_a_notebook_on_ones_own_artefacts(artefacts, tmp_path):
+    """``papermill`` (the `notebooks` extra) with YAML parameters, as the README shows it."""
+    pytest.importorskip("papermill")
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    figures = tmp_path / "figures"
+    parameters = {"SSO_RUNS": {"mine": str(artefacts.sso)}, "FIG_DIR": str(figures)}
+    out = tmp_path / "sso_iterations.out.ipynb"
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {
+        **os.environ,
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", str(NOTEBOOKS / "sso_iterations.ipynb"), str(out)]
+        + ["--cwd", str(NOTEBOOKS), "-y", yaml.safe_dump(parameters), "--no-progress-bar"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_pngs(figures, ["signal_accuracy_and_on_policy", "generation_lengths", "weight_and_g"])
+    executed = nbformat.read(out, as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "mine" in injected[0].source

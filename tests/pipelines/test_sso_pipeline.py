@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from prefalign.core.errors import DataError
-from prefalign.data.verifiable import write_world
 from prefalign.pipelines.sso import load_prompt_splits
+from prefalign.worlds.verifiable import write_world
 
 TRAIN = '["data=tiny_preference","data.max_length=2048","data.batch_size=4","trainer.max_epochs=1","optimizer.lr=1e-4","logger=csv","callbacks.progress_bar=null"]'
 ARGS = [
@@ -38,7 +38,7 @@ def _run(cwd, cache, *extra):
     return result.stdout + result.stderr
 
 
-EXACT_MATCH = "prefalign.data.verifiable.exact_match_report"
+EXACT_MATCH = "prefalign.worlds.verifiable.exact_match_report"
 JUDGE = (
     "+judge={_target_: prefalign.generation.judges.LLMJudge.from_model_config, "
     "model: {tiny: {template: chatml, seed: 5}, cache_dir: ${paths.cache_dir}/models}}"

@@ -8,8 +8,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from prefalign.config import bundled, config_dir, register_resolvers
-from prefalign.data.verifiable import write_principled, write_world
 from prefalign.training.run import choose_wandb_mode, run_task, train
+from prefalign.worlds.verifiable import write_principled, write_world
 
 CONF = config_dir()
 GROUPS = [

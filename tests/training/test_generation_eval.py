@@ -7,9 +7,9 @@ import json
 import pytest
 
 from prefalign.core.errors import DataError
-from prefalign.data.verifiable import write_world
 from prefalign.training.callbacks import GenerationEval, _flatten
 from prefalign.training.run import run_task, train
+from prefalign.worlds.verifiable import write_world
 
 
 def test_flatten_keeps_numbers_and_joins_nested_keys():
@@ -21,13 +21,13 @@ def test_bad_files_are_refused_with_their_line(tmp_path):
     path = tmp_path / "held_out.jsonl"
     path.write_text('{"id": "a", "prompt": "hi", "answer": "x"}\n{"id": "b"}\n')
     with pytest.raises(DataError, match=r"held_out.jsonl, line 2: a record needs `messages` or `prompt`"):
-        GenerationEval(str(path), "prefalign.data.verifiable.exact_match")
+        GenerationEval(str(path), "prefalign.worlds.verifiable.exact_match")
     path.write_text('{"id": "a", "prompt": "hi"\n')
     with pytest.raises(DataError, match=r"held_out.jsonl, line 1: not JSON"):
-        GenerationEval(str(path), "prefalign.data.verifiable.exact_match")
+        GenerationEval(str(path), "prefalign.worlds.verifiable.exact_match")
     path.write_text("\n")
     with pytest.raises(DataError, match="no records"):
-        GenerationEval(str(path), "prefalign.data.verifiable.exact_match")
+        GenerationEval(str(path), "prefalign.worlds.verifiable.exact_match")
 
 
 def test_exact_match_is_logged_and_answers_written_every_epoch(compose_train, tmp_path):

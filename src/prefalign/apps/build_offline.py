@@ -20,8 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from prefalign.config import config_dir, register_resolvers
 from prefalign.core.errors import ConfigError, DataError
 from prefalign.core.jsonl import iter_jsonl, write_json, write_jsonl
-from prefalign.data.offline_builder import build_offline_dataset
-from prefalign.pipelines.sso import check_recorded_outputs
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -35,6 +33,8 @@ def read_pairs(patterns: list[str]) -> list[dict]:
     recorded in its ``done`` marker must be there, whole and unchanged: a deleted, cut or edited
     ``preferences.jsonl`` is an error naming it (never one file fewer read silently).
     """
+    from prefalign.pipelines.sso import check_recorded_outputs  # not for --help / --cfg job
+
     files = sorted({f for pattern in patterns for f in glob.glob(pattern)})
     if not files:
         raise ConfigError(f"config key `inputs`: no file matches {patterns}")
@@ -62,6 +62,8 @@ def read_pairs(patterns: list[str]) -> list[dict]:
 
 def build(cfg: DictConfig) -> dict:
     """Build the dataset; returns the report (also written next to the output)."""
+    from prefalign.data.offline_builder import build_offline_dataset  # not for --help / --cfg job
+
     rows = read_pairs(list(cfg.inputs))
     judges = [hydra.utils.instantiate(j) for j in cfg.judges]
     kept, report = build_offline_dataset(

@@ -32,8 +32,6 @@ from prefalign.evaluation.harness import (
     run_tasks,
     task_specs,
 )
-from prefalign.evaluation.runs import load_checkpoint_weights, model_source
-from prefalign.models.loading import load_model_and_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +82,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Task names, the run directory and its checkpoints are checked before any model is loaded.
     Returns what ``summary.json`` (a run) or ``scores.json`` (one model) holds.
     """
+    # imported here, not at the top: the app's --help / --cfg job never load torch or transformers
+    from prefalign.evaluation.runs import load_checkpoint_weights, model_source
+    from prefalign.models.loading import load_model_and_tokenizer
+
     source = model_source(cfg)
     specs = task_specs(OmegaConf.to_container(cfg.tasks, resolve=True))
     manager = build_task_manager(specs, cfg.lm_eval.include_path or [])

@@ -26,17 +26,7 @@ from omegaconf import DictConfig
 from prefalign.config import config_dir, register_resolvers
 from prefalign.core.errors import ConfigError
 from prefalign.core.jsonl import write_json, write_jsonl
-from prefalign.evaluation.answers import (
-    alpaca_eval_outputs,
-    generation_settings,
-    load_alpaca_eval_prompts,
-    load_mt_bench_questions,
-    mt_bench_answers,
-)
 from prefalign.evaluation.harness import EvalConfigError
-from prefalign.evaluation.runs import load_checkpoint_weights, model_source
-from prefalign.generation.sampling import HFGenerator, SamplingConfig
-from prefalign.models.loading import load_model_and_tokenizer
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -49,6 +39,18 @@ def export_answers(cfg: DictConfig) -> dict[str, list[Path]]:
     Question files, the run directory and its checkpoints are checked before any model is loaded.
     Returns the written answer files per benchmark.
     """
+    # imported here, not at the top: the app's --help / --cfg job never load torch or transformers
+    from prefalign.evaluation.answers import (
+        alpaca_eval_outputs,
+        generation_settings,
+        load_alpaca_eval_prompts,
+        load_mt_bench_questions,
+        mt_bench_answers,
+    )
+    from prefalign.evaluation.runs import load_checkpoint_weights, model_source
+    from prefalign.generation.sampling import HFGenerator, SamplingConfig
+    from prefalign.models.loading import load_model_and_tokenizer
+
     base_id = cfg.get("model_id")
     if base_id is not None and not MODEL_ID.match(str(base_id)):
         raise EvalConfigError(

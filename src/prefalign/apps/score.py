@@ -20,10 +20,6 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.config import config_dir, register_resolvers
-from prefalign.data.datamodule import DataSource, load_conversations
-from prefalign.data.records import ColumnMap
-from prefalign.scoring.aligned import members_used
-from prefalign.scoring.engine import score_conversations
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -31,6 +27,12 @@ register_resolvers()
 
 def score(cfg: DictConfig) -> list[dict]:
     """Score every requested split with every member the aggregation uses; return a summary row each (every rank)."""
+    # imported here, not at the top: the app's --help / --cfg job never load torch or datasets
+    from prefalign.data.datamodule import DataSource, load_conversations
+    from prefalign.data.records import ColumnMap
+    from prefalign.scoring.aligned import members_used
+    from prefalign.scoring.engine import score_conversations
+
     aligned = OmegaConf.to_container(cfg.aligned, resolve=True)
     columns = ColumnMap.from_config(OmegaConf.to_container(cfg.data.columns, resolve=True))
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)

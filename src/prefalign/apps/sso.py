@@ -13,7 +13,6 @@ import hydra
 from omegaconf import DictConfig
 
 from prefalign.config import config_dir, register_resolvers
-from prefalign.pipelines.sso import SSOPipeline
 
 register_resolvers()
 
@@ -21,6 +20,8 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sso")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    from prefalign.pipelines.sso import SSOPipeline  # torch and Lightning: not for --help / --cfg
+
     SSOPipeline(cfg).run()
 
 

@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 
 from prefalign.config import config_dir, register_resolvers
 from prefalign.training.launch import child_rank_argv, log_rank, parent_job
-from prefalign.training.run import run_task, train
 
 register_resolvers()
 
@@ -29,6 +28,8 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def job(cfg: DictConfig) -> float | None:
     """One Hydra job; returns ``cfg.optimized_metric`` for hyper-parameter sweepers."""
+    from prefalign.training.run import run_task, train  # torch and Lightning: not for --help / --cfg
+
     log_rank()
     with parent_job():  # ranks Lightning starts for this job run this job (training.launch)
         metrics = run_task(train, cfg)

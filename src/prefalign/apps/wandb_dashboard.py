@@ -55,6 +55,12 @@ LAYOUT: list[tuple[str, list[tuple[str, str, list[str]]]]] = [
         [
             ("reward margins", "line", ["train/rewards/margins", "val/rewards/margins"]),
             ("reward accuracies", "line", ["train/rewards/accuracies", "val/rewards/accuracies"]),
+            ("policy log-probs", "line", ["train/logps/chosen", "train/logps/rejected"]),
+            (
+                "IPO per-token rewards",
+                "line",
+                ["train/rewards_per_token/margins", "val/rewards_per_token/margins"],
+            ),
             ("SSO W and G", "line", ["train/weight", "train/g", "train/g_steer", "train/g_guard"]),
             ("SSO on-policy e^a", "line", ["train/on_policy/chosen", "train/on_policy/rejected"]),
         ],

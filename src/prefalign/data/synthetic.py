@@ -1,8 +1,8 @@
 """Seeded generator of small chat conversations whose answers are checkable.
 
-Used for the bundled quick-start data and the offline tokenizer's corpus. Each record is a
-conversation in the project's record format (``id`` + ``messages``), single- or multi-turn,
-sometimes with a system turn.
+Used for the bundled quick-start data and the offline tokenizer's corpus (:func:`corpus_texts`);
+the words are :data:`prefalign.data.words.WORDS`. Each record is a conversation in the project's
+record format (``id`` + ``messages``), single- or multi-turn, sometimes with a system turn.
 """
 
 from __future__ import annotations
@@ -12,29 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prefalign.core.jsonl import write_jsonl
-
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "tiger",
-    "lemon",
-    "garden",
-    "rocket",
-    "silver",
-    "candle",
-    "mirror",
-    "forest",
-    "planet",
-    "window",
-    "violin",
-    "pepper",
-    "harbor",
-    "meadow",
-    "copper",
-    "falcon",
-]
+from prefalign.data.words import WORDS
 
 _SYSTEMS = (
     "You are a helpful assistant.",
@@ -77,6 +55,12 @@ def generate_conversations(n: int, seed: int = 0) -> Iterator[dict]:
             messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": answer})
         yield {"id": f"syn-{seed}-{index}", "messages": messages}
+
+
+def corpus_texts(n: int = 2000, seed: int = 1234) -> list[str]:
+    """Every turn's text of ``n`` seeded conversations: the offline tokenizer's fixed BPE corpus
+    (:func:`prefalign.models.tokenizer.build_tokenizer`)."""
+    return [turn["content"] for record in generate_conversations(n, seed) for turn in record["messages"]]
 
 
 def _wrong(answer: str, rng: random.Random) -> str:

@@ -3,8 +3,9 @@
 It is a real ``PreTrainedTokenizerFast`` (byte-level BPE, as GPT-2 / Llama-3 use), knows every
 special token of the public chat templates in :mod:`prefalign.models.chat_templates`, and carries
 one of those templates. ``bpe_merges=0`` gives a pure byte tokenizer; a positive value trains
-that many merges on a fixed corpus, which gives a *different* tokenisation of the same text (the
-aligned-LLM ensemble needs members whose tokenizers disagree).
+that many merges on a fixed corpus (:func:`prefalign.data.synthetic.corpus_texts`), which gives a
+*different* tokenisation of the same text (the aligned-LLM ensemble needs members whose
+tokenizers disagree).
 """
 
 from __future__ import annotations
@@ -12,19 +13,10 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from prefalign.data.synthetic import corpus_texts
 from prefalign.models.chat_templates import SPECIAL_TOKENS, get_template
 
 _BYTE_ALPHABET = pre_tokenizers.ByteLevel.alphabet()
-
-
-def _training_corpus() -> list[str]:
-    """A fixed, deterministic text corpus for learning BPE merges (the bundled synthetic chats)."""
-    from prefalign.data.synthetic import generate_conversations
-
-    texts = []
-    for record in generate_conversations(2000, seed=1234):
-        texts.extend(turn["content"] for turn in record["messages"])
-    return texts
 
 
 def build_tokenizer(
@@ -49,7 +41,7 @@ def build_tokenizer(
         initial_alphabet=_BYTE_ALPHABET,
         show_progress=False,
     )
-    corpus = _training_corpus() if bpe_merges > 0 else [""]
+    corpus = corpus_texts() if bpe_merges > 0 else [""]
     backend.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

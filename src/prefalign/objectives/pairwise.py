@@ -27,19 +27,33 @@ from prefalign.scoring.logprobs import SequenceLogProbs
 
 @dataclass
 class PairTerms:
-    """One pairwise loss term: per-example loss, the log-ratio difference h, and the implicit rewards."""
+    """One pairwise loss term: per-example loss, the log-ratio difference h, and the implicit rewards.
+
+    ``chosen_reward`` / ``rejected_reward`` are β × the log-ratio the loss itself uses (summed for
+    DPO, per-token average for IPO); ``chosen_summed_reward`` / ``rejected_summed_reward`` are
+    β × the summed log-ratio (TRL's reward, whatever the loss) and ``chosen_logps`` /
+    ``rejected_logps`` the policy's summed log-probs.
+    """
 
     losses: torch.Tensor
     h: torch.Tensor
     chosen_reward: torch.Tensor
     rejected_reward: torch.Tensor
+    chosen_summed_reward: torch.Tensor
+    rejected_summed_reward: torch.Tensor
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    per_token: bool = False  # the loss works on per-token averages (IPO)
 
 
 class PairwiseLoss(nn.Module):
     """A base preference loss L_base(chosen, rejected) with a scale β.
 
-    Subclasses define :meth:`log_likelihood` (sum or per-token mean) and :meth:`loss_from_h`.
+    Subclasses define :meth:`log_likelihood` (sum or per-token mean, :attr:`per_token`) and
+    :meth:`loss_from_h`.
     """
+
+    per_token: bool = False
 
     def __init__(self, beta: float) -> None:
         super().__init__()
@@ -67,11 +81,20 @@ class PairwiseLoss(nn.Module):
             chosen_ratio = chosen_ratio - self.log_likelihood(ref_chosen).to(chosen_ratio)
             rejected_ratio = rejected_ratio - self.log_likelihood(ref_rejected).to(rejected_ratio)
         h = chosen_ratio - rejected_ratio
+        chosen_sum, rejected_sum = chosen.sum.detach(), rejected.sum.detach()
+        if ref_chosen is not None and ref_rejected is not None:
+            chosen_sum = chosen_sum - ref_chosen.sum.to(chosen_sum)
+            rejected_sum = rejected_sum - ref_rejected.sum.to(rejected_sum)
         return PairTerms(
             losses=self.loss_from_h(h),
             h=h,
             chosen_reward=(self.beta * chosen_ratio).detach(),
             rejected_reward=(self.beta * rejected_ratio).detach(),
+            chosen_summed_reward=self.beta * chosen_sum,
+            rejected_summed_reward=self.beta * rejected_sum,
+            chosen_logps=chosen.sum.detach(),
+            rejected_logps=rejected.sum.detach(),
+            per_token=self.per_token,
         )
 
 
@@ -87,6 +110,8 @@ class DPOLoss(PairwiseLoss):
 
 class IPOLoss(PairwiseLoss):
     """(h − 1/(2β))² on per-token average log-probs."""
+
+    per_token = True
 
     def log_likelihood(self, scores: SequenceLogProbs) -> torch.Tensor:
         return scores.mean
@@ -106,13 +131,33 @@ def make_base_loss(name: str, beta: float) -> PairwiseLoss:
 
 
 def pair_metrics(terms: PairTerms, prefix: str = "") -> dict[str, torch.Tensor]:
-    """TRL-style reward metrics of a pair term: rewards, margins, accuracies."""
-    return {
-        f"{prefix}rewards/chosen": terms.chosen_reward,
-        f"{prefix}rewards/rejected": terms.rejected_reward,
-        f"{prefix}rewards/margins": terms.chosen_reward - terms.rejected_reward,
-        f"{prefix}rewards/accuracies": (terms.chosen_reward > terms.rejected_reward).float(),
+    """Per-example metrics of a pair term under TRL's ``DPOTrainer`` names and conventions.
+
+    - ``rewards/chosen``, ``rewards/rejected``: β × (log π − log π_ref) of the response with
+      log-probs SUMMED over its tokens, for every base loss (TRL logs IPO's rewards this way too);
+    - ``rewards/margins``: chosen − rejected; ``rewards/accuracies``: 1 where chosen > rejected;
+    - ``logps/chosen``, ``logps/rejected``: the policy's summed log-probs.
+
+    When the loss itself works on per-token averages (IPO), its own view is logged as well:
+    ``rewards_per_token/{chosen,rejected,margins,accuracies}``, the same quantities with
+    β × the per-token average log-ratio (the rewards whose difference enters IPO's loss, β·h).
+    """
+    metrics = {
+        f"{prefix}rewards/chosen": terms.chosen_summed_reward,
+        f"{prefix}rewards/rejected": terms.rejected_summed_reward,
+        f"{prefix}rewards/margins": terms.chosen_summed_reward - terms.rejected_summed_reward,
+        f"{prefix}rewards/accuracies": (terms.chosen_summed_reward > terms.rejected_summed_reward).float(),
+        f"{prefix}logps/chosen": terms.chosen_logps,
+        f"{prefix}logps/rejected": terms.rejected_logps,
     }
+    if terms.per_token:
+        metrics |= {
+            f"{prefix}rewards_per_token/chosen": terms.chosen_reward,
+            f"{prefix}rewards_per_token/rejected": terms.rejected_reward,
+            f"{prefix}rewards_per_token/margins": terms.chosen_reward - terms.rejected_reward,
+            f"{prefix}rewards_per_token/accuracies": (terms.chosen_reward > terms.rejected_reward).float(),
+        }
+    return metrics
 
 
 class PairwisePreference(MultiSequenceObjective):

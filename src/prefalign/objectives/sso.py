@@ -47,7 +47,13 @@ SCOPES = ("all", "steering_only")
 
 
 class SSO(MultiSequenceObjective):
-    """The SSO loss with its ablation switches (see the module docstring)."""
+    """The SSO loss with its ablation switches (see the module docstring).
+
+    Metrics: the main pair (x, y+, y−) under TRL's names (``rewards/*``, ``logps/*``, and with the
+    IPO base ``rewards_per_token/*``; :func:`~prefalign.objectives.pairwise.pair_metrics`), ``g``
+    (G) with its terms ``g_steer`` / ``g_guard``, ``weight`` (W or W′), ``base_loss`` and
+    ``on_policy/{chosen,rejected}`` (e^{ā}).
+    """
 
     distribution_metrics = ("weight",)
 

@@ -122,11 +122,11 @@ class GenerationEval(L.Callback):
     and logs a metric of them (the CPU studies' exact match, per epoch, as the papers evaluate).
 
     The prompts are the records of a JSON-lines file: each answers its ``messages`` up to the last
-    assistant turn (or its ``prompt`` as one user turn), with the data module's tokenizer and chat
+    assistant turn (or its ``prompt`` as one user turn; :func:`prefalign.core.chat.prompt_messages`), with the data module's tokenizer and chat
     template, by :class:`prefalign.generation.sampling.HFGenerator` (greedy by default). ``metric``
     takes ``(records, responses)`` and returns a number or a mapping of numbers (nested mappings
     are flattened with ``/``), logged as ``<prefix>/<key>`` against the epoch, e.g.
-    ``val/exact_match`` from :func:`prefalign.data.verifiable.exact_match_report`. The responses of
+    ``val/exact_match`` from :func:`prefalign.worlds.verifiable.exact_match_report`. The responses of
     every evaluation are written to ``<output_dir>/epoch_<e>.jsonl`` (``id``, ``response``).
 
     Args:
@@ -193,7 +193,7 @@ class GenerationEval(L.Callback):
 
     def evaluate(self, model: Any, tokenizer: Any) -> tuple[dict[str, float], list[str]]:
         """The flattened metric of ``model``'s responses to the records, and the responses."""
-        from prefalign.data.verifiable import prompt_messages
+        from prefalign.core.chat import prompt_messages
         from prefalign.generation.sampling import HFGenerator, SamplingConfig
 
         generator = HFGenerator(model, tokenizer)

@@ -34,18 +34,60 @@ from prefalign.training.resume import latest_checkpoint
 log = logging.getLogger(__name__)
 
 
+def wandb_api_key_source() -> tuple[str, str | None]:
+    """``(host, where)``: the W&B server wandb would log to and where wandb finds an API key for
+    it (``None``: no key), asked of wandb itself, without network.
+
+    The host and an explicit key come from wandb's own settings (``WANDB_BASE_URL``,
+    ``WANDB_API_KEY``, the settings file ``wandb login --host`` writes); otherwise the key is
+    wandb's netrc entry for that host (``NETRC`` or ``~/.netrc``), so self-hosted servers count.
+
+    Raises:
+        ValueError (wandb's ``AuthenticationError`` is one): a key is present but malformed.
+    """
+    import wandb
+
+    try:
+        from wandb.sdk.lib import wbauth  # wandb >= 0.22
+    except ImportError:  # older wandb: its apikey module does the same lookup
+        from wandb.sdk.lib import apikey
+
+        settings = wandb.Settings()
+        key = apikey.api_key(settings=settings)
+        return str(settings.base_url), "wandb settings or netrc" if key else None
+    settings = wandb.Settings()
+    settings.update_from_system_settings()
+    settings.update_from_env_vars(dict(os.environ))
+    host = str(settings.base_url)
+    if settings.api_key:
+        return host, "WANDB_API_KEY or wandb settings"
+    if wbauth.read_netrc_auth(host=host):
+        return host, f"netrc ({os.environ.get('NETRC') or '~/.netrc'})"
+    return host, None
+
+
 def choose_wandb_mode() -> str:
-    """Use W&B offline unless a mode is set or an API key is available (W&B fails fast without one)."""
+    """Use W&B offline unless a mode is set or wandb finds an API key for its server
+    (:func:`wandb_api_key_source`; W&B online fails fast without one). Logs the decision in one line."""
     if os.environ.get("WANDB_MODE"):
+        log.info("W&B mode %s (WANDB_MODE)", os.environ["WANDB_MODE"])
         return os.environ["WANDB_MODE"]
-    netrc = Path("~/.netrc").expanduser()
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (
-        netrc.exists() and "api.wandb.ai" in netrc.read_text()
-    )
-    if not has_key:
+    try:
+        host, source = wandb_api_key_source()
+    except Exception as err:  # noqa: BLE001 - a malformed key: offline, with wandb's reason
+        host, source, problem = "W&B", None, f"({err})"
+    else:
+        problem = ""
+    if source is None:
         os.environ["WANDB_MODE"] = "offline"
-        log.info("no W&B API key found: logging to W&B offline (sync later with `wandb sync`)")
-    return os.environ.get("WANDB_MODE", "online")
+        log.info(
+            "W&B offline: no API key for %s %s(sync later with `wandb sync`)",
+            host,
+            f"{problem} " if problem else "",
+        )
+        return "offline"
+    log.info("W&B online at %s (API key from %s)", host, source)
+    return "online"
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

@@ -11,7 +11,9 @@ import pytest
 
 from prefalign.data.chat import IGNORE_INDEX
 from prefalign.data.datamodule import ChatDataModule
-from prefalign.data.verifiable import (
+from prefalign.generation.judges import signal_accuracy
+from prefalign.generation.principles import load_principles, principle_system_message
+from prefalign.worlds.verifiable import (
     FAMILIES,
     MULTI_TURN,
     Addition,
@@ -32,8 +34,6 @@ from prefalign.data.verifiable import (
     record_prompt,
     wrong_answer,
 )
-from prefalign.generation.judges import signal_accuracy
-from prefalign.generation.principles import load_principles, principle_system_message
 
 PRINCIPLES = (
     Path(__file__).parents[2] / "src" / "prefalign" / "data" / "bundled" / "principles_correctness.yaml"
