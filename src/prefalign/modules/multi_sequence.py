@@ -12,7 +12,11 @@ from prefalign.data.packing import shared_prompt_attention_mask
 from prefalign.modules.base import AlignmentModule
 from prefalign.objectives.base import ObjectiveOutput
 from prefalign.objectives.pairwise import MultiSequenceObjective
-from prefalign.scoring.logprobs import SequenceLogProbs, gathered_sequence_logprobs, sequence_logprobs
+from prefalign.scoring.logprobs import (
+    SequenceLogProbs,
+    model_gathered_sequence_logprobs,
+    model_sequence_logprobs,
+)
 
 
 def split_by_sequence(scores: SequenceLogProbs, names: list[str]) -> dict[str, SequenceLogProbs]:
@@ -62,14 +66,12 @@ class MultiSequenceModule(AlignmentModule):
             mask = shared_prompt_attention_mask(
                 batch["segment_ids"], model.config._attn_implementation, model.dtype
             )
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=mask,
-                position_ids=batch["position_ids"],
-                use_cache=False,
-            ).logits
-            return gathered_sequence_logprobs(
-                logits,
+            # memory-lean log-probs (gpu helper): only response positions are projected
+            return model_gathered_sequence_logprobs(
+                model,
+                batch["input_ids"],
+                mask,
+                batch["position_ids"],
                 batch["target_row"],
                 batch["target_position"],
                 batch["target_token"],
@@ -79,10 +81,9 @@ class MultiSequenceModule(AlignmentModule):
                 if self.logprob_chunk_rows is None
                 else self.logprob_chunk_rows * batch["input_ids"].shape[1],
             )
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
-        return sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows)
+        return model_sequence_logprobs(  # memory-lean log-probs (gpu helper)
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_rows
+        )
 
     def _reference(self, batch: Mapping[str, Any], names: list[str]) -> dict[str, SequenceLogProbs] | None:
         if self.reference_model is not None:

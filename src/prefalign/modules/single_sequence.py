@@ -8,7 +8,7 @@ from typing import Any
 from prefalign.data.chat import IGNORE_INDEX
 from prefalign.modules.base import AlignmentModule
 from prefalign.objectives.base import ObjectiveOutput, SingleSequenceObjective
-from prefalign.scoring.logprobs import sequence_logprobs
+from prefalign.scoring.logprobs import model_sequence_logprobs
 
 
 class SingleSequenceModule(AlignmentModule):
@@ -26,11 +26,11 @@ class SingleSequenceModule(AlignmentModule):
         super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows)
 
     def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
-        outputs = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        )
         labels = batch["labels"]
         if self.objective.scored_tokens == "all":  # every non-pad token (the official PoFT code)
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-        policy = sequence_logprobs(outputs.logits, labels, self.logprob_chunk_rows)
+        # memory-lean log-probs (gpu helper): only response positions are projected to the vocabulary
+        policy = model_sequence_logprobs(
+            self.model, batch["input_ids"], batch["attention_mask"], labels, self.logprob_chunk_rows
+        )
         return self.objective(policy, batch)

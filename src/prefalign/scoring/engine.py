@@ -46,7 +46,7 @@ from prefalign.core.errors import DataError, DropReport
 from prefalign.data.batching import pad_collate
 from prefalign.data.chat import tokenize_dataset, tokenizer_fingerprint
 from prefalign.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
-from prefalign.scoring.logprobs import sequence_logprobs
+from prefalign.scoring.logprobs import model_sequence_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +187,9 @@ class ScoringModule(L.LightningModule):
         )
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        logits = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
-        scores = sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows)
+        scores = model_sequence_logprobs(  # memory-lean: response positions only
+            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_rows
+        )
         return {
             "id": list(batch["id"]),
             "position": batch["position"].tolist(),
