@@ -93,3 +93,83 @@ def test_bad_model_options_are_clear_errors(tmp_path, overrides, message):
 def test_model_config_needs_a_name_or_tiny_spec():
     with pytest.raises(ValueError, match="name_or_path"):
         load_model_and_tokenizer({"name_or_path": None, "tiny": None})
+
+
+# -- device, dtype and attention for models outside the Trainer ---------------------------------------
+
+
+def test_device_auto_is_the_cpu_without_a_gpu_and_this_ranks_gpu_with_one(monkeypatch):
+    from prefalign.models.loading import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("auto") == torch.device("cuda", 2)
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"sso.device=cuda:7 but only 4 CUDA device"):
+        resolve_device("cuda:7", setting="sso.device")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_gpu_is_a_clear_error_naming_the_setting(monkeypatch, device):
+    from prefalign.models.loading import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ValueError, match=rf"generation.device={device} but no CUDA GPU is visible.*device=auto"
+    ):
+        resolve_device(device, setting="generation.device")
+
+
+def test_unknown_device_is_a_clear_error():
+    from prefalign.models.loading import resolve_device
+
+    with pytest.raises(ValueError, match="device='gpu0': use auto, cpu, cuda or cuda:<index>"):
+        resolve_device("gpu0")
+
+
+def test_dtype_auto_is_bf16_on_a_gpu_and_fp32_on_the_cpu(monkeypatch):
+    from prefalign.models.loading import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == "bfloat16"
+    assert resolve_dtype("float16", torch.device("cuda", 0)) == "float16"
+    with pytest.raises(ValueError, match="model.dtype must be one of"):
+        resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_flash_attention_missing_is_a_clear_error_with_the_fix(monkeypatch):
+    import transformers.utils
+
+    from prefalign.models.loading import resolve_placement
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    cfg = {"tiny": {}, "attn_implementation": "flash_attention_2"}
+    with pytest.raises(
+        ValueError, match=r"flash-attn is not installed.*\[gpu\]\" --no-build-isolation.*sdpa"
+    ):
+        resolve_placement(cfg, "cpu")
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    with pytest.raises(ValueError, match="runs on CUDA GPUs only, but the model runs on cpu"):
+        resolve_placement(cfg, "cpu")
+
+
+def test_load_for_inference_places_the_model_in_eval_mode_with_its_settings(tmp_path):
+    from prefalign.models.loading import load_for_inference, resolve_placement
+
+    cfg = _tiny_cfg(tmp_path, dtype="auto", attn_implementation="eager", gradient_checkpointing=True)
+    placement = resolve_placement(cfg, "auto")
+    model, tokenizer = load_for_inference(cfg, device="auto")
+    expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert placement.device.type == expected.type
+    assert next(model.parameters()).device.type == expected.type
+    assert model.dtype == (torch.bfloat16 if placement.dtype == "bfloat16" else torch.float32)
+    assert model.config._attn_implementation == "eager"
+    assert not model.training
+    assert not model.is_gradient_checkpointing
+    assert tokenizer.chat_template == TEMPLATES["zephyr"].jinja
