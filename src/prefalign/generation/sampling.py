@@ -1,4 +1,4 @@
-"""Batched sampling from the policy: HF ``generate`` by default, vLLM as an optional GPU backend.
+"""Batched sampling from the policy with HF ``generate`` (vLLM: :mod:`prefalign.generation.vllm`).
 
 Prompts are rendered with the model's chat template (generation prompt added), sorted by length,
 left-padded and generated in batches with the KV cache; each batch is seeded from the base seed, so
@@ -133,38 +133,3 @@ class HFGenerator:
                 )
         self.model.train(was_training)
         return results  # type: ignore[return-value]
-
-
-class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm package
-    """The same interface on vLLM, for GPU runs (``pip install vllm``); not exercised on CPU machines."""
-
-    def __init__(self, model_path: str, tokenizer, **llm_kwargs) -> None:
-        from vllm import LLM
-
-        self.llm = LLM(model=model_path, **llm_kwargs)
-        self.tokenizer = tokenizer
-
-    def generate(
-        self, conversations: Sequence[list[dict[str, str]]], config: SamplingConfig
-    ) -> list[Generation]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_new_tokens,
-            seed=config.seed,
-        )
-        prompts = [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            for c in conversations
-        ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [
-            Generation(
-                text=o.outputs[0].text.strip(),
-                num_tokens=len(o.outputs[0].token_ids),
-                hit_max_new_tokens=o.outputs[0].finish_reason == "length",
-            )
-            for o in outputs
-        ]
