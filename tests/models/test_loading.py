@@ -173,3 +173,78 @@ def test_load_for_inference_places_the_model_in_eval_mode_with_its_settings(tmp_
     assert not model.training
     assert not model.is_gradient_checkpointing
     assert tokenizer.chat_template == TEMPLATES["zephyr"].jinja
+
+
+# -- dropout --------------------------------------------------------------------------------------------
+
+
+def _dropout_model():
+    """A tiny Llama with attention dropout and a LoRA adapter with dropout."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_dropout=0.5,
+    )
+    model = LlamaForCausalLM(config)
+    return get_peft_model(model, LoraConfig(r=4, lora_dropout=0.5, target_modules=["q_proj", "v_proj"]))
+
+
+def test_disable_dropout_makes_train_mode_deterministic():
+    from prefalign.models.loading import disable_dropout
+
+    model = _dropout_model().train()
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+        assert disable_dropout(model) > 0
+        first = model(input_ids=ids).logits
+        assert torch.equal(first, model(input_ids=ids).logits)
+        assert model.training
+        assert torch.allclose(first, model.eval()(input_ids=ids).logits)
+    assert disable_dropout(model) == 0
+
+
+@pytest.mark.parametrize(
+    ("objective", "setting", "expect_off"),
+    [
+        ("PoFT", None, True),
+        ("CrossEntropy", None, False),
+        ("PoFT", False, False),
+        ("CrossEntropy", True, True),
+    ],
+)
+def test_modules_turn_dropout_off_for_objectives_comparing_logprobs(objective, setting, expect_off):
+    import functools
+
+    from prefalign import objectives
+    from prefalign.modules import SingleSequenceModule
+
+    model = _dropout_model()
+    SingleSequenceModule(
+        model,
+        getattr(objectives, objective)(),
+        functools.partial(torch.optim.AdamW, lr=1e-3),
+        disable_dropout=setting,
+    )
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    rates += [m.attention_dropout for m in model.modules() if hasattr(m, "attention_dropout")]
+    assert rates and all((r == 0) == expect_off for r in rates)
+
+
+def test_multi_sequence_objectives_turn_dropout_off_by_default():
+    import functools
+
+    from prefalign.modules import MultiSequenceModule
+    from prefalign.objectives import SSO
+
+    model = _dropout_model()
+    MultiSequenceModule(model, SSO(), functools.partial(torch.optim.AdamW, lr=1e-3))
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))

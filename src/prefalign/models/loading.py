@@ -363,3 +363,25 @@ def load_for_inference(
     }
     model, tokenizer = load_model_and_tokenizer(resolved)
     return model.to(placement.device).eval(), tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Turn off every dropout of ``model`` (also in train mode); returns how many were on.
+
+    Zeroes each ``nn.Dropout``'s ``p`` (hidden, embedding and LoRA dropout) and the float
+    ``attention_dropout`` that transformers' attention layers pass to the attention kernel.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            module.p = 0.0
+            changed += 1
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            module.attention_dropout = 0.0
+            changed += 1
+    config = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "embd_pdrop", "resid_pdrop", "attn_pdrop"):
+        if isinstance(getattr(config, key, None), float):
+            setattr(config, key, 0.0)
+    return changed

@@ -49,13 +49,14 @@ class MultiSequenceModule(AlignmentModule):
         scheduler=None,
         logprob_chunk_rows=None,
         reference_model: PreTrainedModel | None = None,
+        disable_dropout=None,
     ) -> None:
         if not isinstance(objective, MultiSequenceObjective):
             raise TypeError(
                 f"{type(objective).__name__} is not a multi-sequence objective; "
                 "set `module._target_` to the LightningModule for its batch shape"
             )
-        super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows)
+        super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows, disable_dropout)
         self.reference_model = (
             reference_model.eval().requires_grad_(False) if reference_model is not None else None
         )

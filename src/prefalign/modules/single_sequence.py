@@ -17,13 +17,15 @@ class SingleSequenceModule(AlignmentModule):
     Arguments as :class:`AlignmentModule`; ``objective`` must be a :class:`SingleSequenceObjective`.
     """
 
-    def __init__(self, model, objective, optimizer, scheduler=None, logprob_chunk_rows=None) -> None:
+    def __init__(
+        self, model, objective, optimizer, scheduler=None, logprob_chunk_rows=None, disable_dropout=None
+    ) -> None:
         if not isinstance(objective, SingleSequenceObjective):
             raise TypeError(
                 f"{type(objective).__name__} is not a one-sequence-per-sample objective; "
                 "set `module._target_` to the LightningModule for its batch shape"
             )
-        super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows)
+        super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows, disable_dropout)
 
     def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
         labels = batch["labels"]
