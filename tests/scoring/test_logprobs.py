@@ -129,26 +129,46 @@ def test_lean_path_gradients_equal_the_full_logits_path(tiny_model_and_tokenizer
 
 
 def test_lean_chunks_hold_a_bounded_number_of_positions(tiny_model_and_tokenizer, monkeypatch):
-    """No chunk projects more than the budget's positions, whatever the batch size."""
+    """No chunk projects more than the budget's positions, in the forward and the backward pass."""
     import prefalign.scoring.logprobs as logprobs
 
     model, tokenizer = tiny_model_and_tokenizer
     vocab = model.get_output_embeddings().weight.shape[0]
     monkeypatch.setattr(logprobs, "LOGIT_CHUNK_ELEMENTS", 5 * vocab)
     seen = []
-    original = logprobs._chunk_logprobs
+    original = logprobs._chunk_logits
 
-    def spy(hidden, tokens, head, softcap):
+    def spy(hidden, weight):
         seen.append(hidden.shape[0])
-        return original(hidden, tokens, head, softcap)
+        return original(hidden, weight)
 
-    monkeypatch.setattr(logprobs, "_chunk_logprobs", spy)
+    monkeypatch.setattr(logprobs, "_chunk_logits", spy)
     input_ids, attention_mask, labels = _tiny_batch(tokenizer, seed=2)
+    lean = model_sequence_logprobs(model, input_ids, attention_mask, labels)
+    lean.sum.sum().backward()
+    model.zero_grad()
     with torch.no_grad():
-        lean = model_sequence_logprobs(model, input_ids, attention_mask, labels)
         full = model_sequence_logprobs(model, input_ids, attention_mask, labels, lean=False)
-    assert max(seen) == 5 and sum(seen) == int(full.count.sum())
-    _relative_close(lean.sum, full.sum)
+    # every response position projected once forward and once backward, at most 5 at a time
+    assert max(seen) == 5 and sum(seen) == 2 * int(full.count.sum())
+    _relative_close(lean.sum.detach(), full.sum)
+
+
+def test_checkpointed_chunks_for_other_heads_match_the_full_path():
+    """A head that is not a plain linear map (here: soft-capped logits) goes through checkpointed chunks."""
+    from prefalign.scoring.logprobs import hidden_logprobs
+
+    g = torch.Generator().manual_seed(7)
+    head = torch.nn.Linear(8, 11, bias=True)
+    hidden = torch.randn(13, 8, generator=g, requires_grad=True)
+    tokens = torch.randint(0, 11, (13,), generator=g)
+    lean = hidden_logprobs(hidden, tokens, head, chunk_tokens=4, softcap=3.0)
+    (lean_grad,) = torch.autograd.grad(lean.sum(), hidden)
+    logits = torch.tanh(head(hidden) / 3.0) * 3.0
+    full = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
+    (full_grad,) = torch.autograd.grad(full.sum(), hidden)
+    assert_close(lean, full)
+    assert_close(lean_grad, full_grad)
 
 
 def test_lean_path_through_a_lora_adapter(tiny_model_and_tokenizer):

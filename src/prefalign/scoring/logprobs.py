@@ -173,6 +173,59 @@ def _chunk_logprobs(
     return -F.cross_entropy(logits, tokens, reduction="none")
 
 
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of a chunk of positions (the matmul in the weights' dtype, as the model's head)."""
+    return (hidden @ weight.T).float()
+
+
+class _LinearLogProbs(torch.autograd.Function):
+    """log p(token | hidden) through a bias-free linear head, one chunk of logits at a time.
+
+    Forward keeps only each position's log-normaliser; backward recomputes each chunk's logits and
+    accumulates the head's gradient into a single fp32 buffer, so neither pass holds more than one
+    chunk of logits, and the output matrix's gradient exists once (not once per chunk).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, step):
+        lse = torch.empty(len(tokens), dtype=torch.float32, device=hidden.device)
+        target = torch.empty_like(lse)
+        for start in range(0, len(tokens), step):
+            logits = _chunk_logits(hidden[start : start + step], weight)
+            lse[start : start + step] = torch.logsumexp(logits, dim=-1)
+            target[start : start + step] = logits.gather(1, tokens[start : start + step, None])[:, 0]
+        ctx.save_for_backward(hidden, weight, tokens, lse)
+        ctx.step = step
+        return target - lse
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        hidden, weight, tokens, lse = ctx.saved_tensors
+        step = ctx.step
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if ctx.needs_input_grad[1]
+            else None
+        )
+        for start in range(0, len(tokens), step):
+            h = hidden[start : start + step]
+            logits = _chunk_logits(h, weight)
+            # d logp[t] / d logits = onehot(t) - softmax, scaled by the upstream gradient
+            grad_logits = torch.exp(logits - lse[start : start + step, None]).neg_()
+            grad_logits.scatter_add_(
+                1, tokens[start : start + step, None], torch.ones_like(grad_logits[:, :1])
+            )
+            grad_logits.mul_(grad_output[start : start + step, None])
+            if grad_hidden is not None:
+                grad_hidden[start : start + step] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T, h.float())
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None
+
+
 def hidden_logprobs(
     hidden: torch.Tensor,
     tokens: torch.Tensor,
@@ -183,12 +236,18 @@ def hidden_logprobs(
     """``(N,)`` fp32 log-probs of ``tokens`` given the hidden states ``(N, H)`` that predict them.
 
     The head's logits exist for ``chunk_tokens`` positions at a time (default: as many as fit in
-    :data:`LOGIT_CHUNK_ELEMENTS`). With gradients on, each chunk is recomputed in the backward pass
-    (activation checkpointing), so the backward also holds one chunk of logits, not all of them.
+    :data:`LOGIT_CHUNK_ELEMENTS`). With gradients on, each chunk is recomputed in the backward pass,
+    so the backward also holds one chunk of logits, not all of them: by :class:`_LinearLogProbs` for
+    a plain bias-free linear head (the usual LM head, tied or not), else by activation checkpointing.
     """
     if chunk_tokens is None:
         chunk_tokens = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
     step = max(1, chunk_tokens)
+    if len(tokens) == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    if type(head) is torch.nn.Linear and head.bias is None and not softcap:
+        return _LinearLogProbs.apply(hidden, head.weight, tokens, step)
+    # other heads (LoRA on the head, a bias, soft-capping): checkpointed chunks
     recompute = torch.is_grad_enabled() and (
         hidden.requires_grad or any(p.requires_grad for p in head.parameters())
     )
@@ -199,8 +258,6 @@ def hidden_logprobs(
             pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
             pieces.append(_chunk_logprobs(*args))
-    if not pieces:
-        return hidden.new_zeros(0, dtype=torch.float32)
     return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
 
