@@ -10,7 +10,8 @@ of a small Llama whose vocabulary grows from 32k to 128k tokens, with
 
 Each (path, vocabulary) runs in its own process, so peaks do not mix. Activation memory is the
 step's peak minus the weights and the weights' gradients; on a GPU from ``torch.cuda`` memory
-statistics, on the CPU from the process's peak resident set (``VmHWM``, reset before the step).
+statistics, on the CPU from the process's peak resident set (``VmHWM``, reset before the step;
+glibc's mmap threshold fixed at 128 KiB so freed tensors leave the resident set).
 Target: activation memory grows < 10% from 32k to 128k on the lean path; its step time no worse
 than the full path's. Results: ``benchmarks/results/logprob_memory.json``.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -160,7 +162,10 @@ def main() -> None:
             ]
             if args.cpu_sizes:
                 cmd.append("--cpu-sizes")
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            # glibc: every allocation above 128 KiB mapped and unmapped on its own (no dynamic
+            # threshold), so the CPU's resident set follows live tensors instead of freed heap
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if out.returncode != 0:
                 raise SystemExit(f"measurement {path} at vocab {vocab} failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -235,3 +235,38 @@ def test_lean_gathered_path_equals_full_logits_and_separate_rows(tiny_model_and_
     _relative_close(lean.sum, full.sum)
     assert torch.equal(lean.count, full.count) and torch.equal(lean.count, alone.count)
     assert_close(lean.sum, alone.sum, rtol=1e-5, atol=1e-4)
+
+
+def test_shared_prompt_rows_with_flex_attention_equal_separate_rows():
+    """FlexAttention block masks keep the shared-prompt saving; torch's CPU build runs them forward-only,
+    so this compares scores without gradients (the GPU check trains with them)."""
+    import warnings
+
+    from prefalign.data.packing import collate_shared_prompts, shared_prompt_attention_mask
+    from prefalign.models.loading import TinySpec, build_tiny_model
+
+    model, tokenizer = build_tiny_model(TinySpec(seed=6))
+    g = torch.Generator().manual_seed(8)
+    sequences, samples = ["x|a", "x|b", "x|c"], []
+    for b in range(2):
+        prompt = torch.randint(3, len(tokenizer), (6 + b,), generator=g).tolist()
+        sample = {"id": f"s{b}"}
+        for k, name in enumerate(sequences):
+            response = torch.randint(3, len(tokenizer), (3 + 2 * k,), generator=g).tolist()
+            sample[f"{name}.input_ids"] = prompt + response
+            sample[f"{name}.labels"] = [IGNORE_INDEX] * len(prompt) + response
+        samples.append(sample)
+    batch = collate_shared_prompts(samples, sequences, tokenizer.pad_token_id)
+    targets = [batch[k] for k in ("target_row", "target_position", "target_token", "target_slot")]
+    scores = {}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flex_attention without torch.compile (unfused) on CPU
+        for attention in ("sdpa", "flex_attention"):
+            model.set_attn_implementation(attention)
+            mask = shared_prompt_attention_mask(batch["segment_ids"], attention)
+            scores[attention] = model_gathered_sequence_logprobs(
+                model, batch["input_ids"], mask, batch["position_ids"], *targets, batch["num_slots"]
+            )
+    assert type(shared_prompt_attention_mask(batch["segment_ids"], "flex_attention")).__name__ == "BlockMask"
+    assert torch.equal(scores["flex_attention"].count, scores["sdpa"].count)
+    assert_close(scores["flex_attention"].sum, scores["sdpa"].sum, rtol=1e-5, atol=1e-4)
