@@ -11,6 +11,7 @@ time, from :class:`TokenMeter`) and peak GPU memory:
 - ``score``: ``prefalign-score`` of the chat data with SmolLM2 as the aligned member (PoFT's scores);
 - ``train_<ce|poft|dpo|sso>_<sdpa|flash_attention_2>``: training steps of each objective with each
   attention implementation (flash items fail, naming the fix, without the gpu extra);
+  ``train_sso_flex_attention``: SSO on shared-prompt rows with FlexAttention block masks;
 - ``fsdp`` / ``fsdp2``: CE steps with ``trainer=fsdp`` / ``trainer=fsdp2`` on every visible GPU;
 - ``sso_vllm``: one ``prefalign-sso`` iteration with ``generation=vllm`` (needs the vllm extra and the
   pipeline's generation config, see the report);
@@ -155,9 +156,30 @@ def items(gpus: int, work: Path) -> list[Item]:
                     "data.val=null",
                     "data.batch_size=4",
                     "reference.mode=live",
+                    # shared-prompt rows need a mask that flash-attn does not take
+                    f"data.share_prompts={attention != 'flash_attention_2'}".lower(),
                 ],
             ),
         ]
+    # shared-prompt rows on the FlexAttention kernel (needs config.py to accept flex_attention with them)
+    out.append(
+        Item(
+            "train_sso_flex_attention",
+            "prefalign.apps.train",
+            [
+                *MODEL,
+                "model.attn_implementation=flex_attention",
+                f"trainer.max_steps={STEPS}",
+                "objective=sso",
+                "data=tiny_preference",
+                f"data.train.path={work / 'sso.jsonl'}",
+                "data.val=null",
+                "data.batch_size=4",
+                "data.share_prompts=true",
+                "reference.mode=live",
+            ],
+        )
+    )
     for strategy in ("fsdp", "fsdp2"):
         out.append(
             Item(

@@ -49,7 +49,7 @@ def test_training_items_compose_with_the_project_configs(tmp_path):
             cfg = compose(config_name="train", overrides=item.args)
         assert cfg.model.dtype == "bfloat16" and cfg.callbacks.meter._target_ == "gpu_check.TokenMeter"
         checked += 1
-    assert checked == 10  # 4 objectives x 2 attention implementations + fsdp + fsdp2
+    assert checked == 11  # 4 objectives x 2 attention implementations, SSO on flex, fsdp, fsdp2
 
 
 GPU_ITEMS = [item.name for item in gpu_check.items(1, Path("."))]
