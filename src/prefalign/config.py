@@ -317,10 +317,13 @@ def validate_train_config(cfg: DictConfig, check_model_paths: bool = True) -> No
     _check_source(cfg, "data.train")
     _check_source(cfg, "data.val")
     attention = OmegaConf.select(cfg, "model.attn_implementation", default="sdpa")
-    if OmegaConf.select(cfg, "data.share_prompts", default=False) and attention not in ("sdpa", "eager"):
+    from prefalign.data.packing import MASKABLE_ATTENTION
+
+    if OmegaConf.select(cfg, "data.share_prompts", default=False) and attention not in MASKABLE_ATTENTION:
         raise ConfigError(
             f"config key `data.share_prompts`: shared-prompt rows need a custom attention mask, which "
-            f"model.attn_implementation={attention} does not take; set data.share_prompts=false"
+            f"model.attn_implementation={attention} does not take ({', '.join(MASKABLE_ATTENTION)} do; "
+            "flex_attention keeps a fast kernel on GPUs); set data.share_prompts=false"
         )
     warmup = OmegaConf.select(cfg, "scheduler.warmup_ratio", default=0.0)
     if not isinstance(warmup, (int, float)) or not 0.0 <= warmup < 1.0:

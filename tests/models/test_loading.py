@@ -114,3 +114,158 @@ def test_hub_ids_and_existing_folders_are_not_missing_local_models(tmp_path):
     assert not missing_local_model("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert not missing_local_model("gpt2")
     assert not missing_local_model(str(tmp_path))
+
+
+# -- device, dtype and attention for models outside the Trainer ---------------------------------------
+
+
+def test_device_auto_is_the_cpu_without_a_gpu_and_this_ranks_gpu_with_one(monkeypatch):
+    from prefalign.models.loading import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("auto") == torch.device("cuda", 2)
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"sso.device=cuda:7 but only 4 CUDA device"):
+        resolve_device("cuda:7", setting="sso.device")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_gpu_is_a_clear_error_naming_the_setting(monkeypatch, device):
+    from prefalign.models.loading import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ValueError, match=rf"generation.device={device} but no CUDA GPU is visible.*device=auto"
+    ):
+        resolve_device(device, setting="generation.device")
+
+
+def test_unknown_device_is_a_clear_error():
+    from prefalign.models.loading import resolve_device
+
+    with pytest.raises(ValueError, match="device='gpu0': use auto, cpu, cuda or cuda:<index>"):
+        resolve_device("gpu0")
+
+
+def test_dtype_auto_is_bf16_on_a_gpu_and_fp32_on_the_cpu(monkeypatch):
+    from prefalign.models.loading import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == "bfloat16"
+    assert resolve_dtype("float16", torch.device("cuda", 0)) == "float16"
+    with pytest.raises(ValueError, match="model.dtype must be one of"):
+        resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_flash_attention_missing_is_a_clear_error_with_the_fix(monkeypatch):
+    import transformers.utils
+
+    from prefalign.models.loading import resolve_placement
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    cfg = {"tiny": {}, "attn_implementation": "flash_attention_2"}
+    with pytest.raises(
+        ValueError, match=r"flash-attn is not installed.*\[gpu\]\" --no-build-isolation.*sdpa"
+    ):
+        resolve_placement(cfg, "cpu")
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    with pytest.raises(ValueError, match="runs on CUDA GPUs only, but the model runs on cpu"):
+        resolve_placement(cfg, "cpu")
+
+
+def test_load_for_inference_places_the_model_in_eval_mode_with_its_settings(tmp_path):
+    from prefalign.models.loading import load_for_inference, resolve_placement
+
+    cfg = _tiny_cfg(tmp_path, dtype="auto", attn_implementation="eager", gradient_checkpointing=True)
+    placement = resolve_placement(cfg, "auto")
+    model, tokenizer = load_for_inference(cfg, device="auto")
+    expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert placement.device.type == expected.type
+    assert next(model.parameters()).device.type == expected.type
+    assert model.dtype == (torch.bfloat16 if placement.dtype == "bfloat16" else torch.float32)
+    assert model.config._attn_implementation == "eager"
+    assert not model.training
+    assert not model.is_gradient_checkpointing
+    assert tokenizer.chat_template == TEMPLATES["zephyr"].jinja
+
+
+# -- dropout --------------------------------------------------------------------------------------------
+
+
+def _dropout_model():
+    """A tiny Llama with attention dropout and a LoRA adapter with dropout."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_dropout=0.5,
+    )
+    model = LlamaForCausalLM(config)
+    return get_peft_model(model, LoraConfig(r=4, lora_dropout=0.5, target_modules=["q_proj", "v_proj"]))
+
+
+def test_disable_dropout_makes_train_mode_deterministic():
+    from prefalign.models.loading import disable_dropout
+
+    model = _dropout_model().train()
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+        assert disable_dropout(model) > 0
+        first = model(input_ids=ids).logits
+        assert torch.equal(first, model(input_ids=ids).logits)
+        assert model.training
+        assert torch.allclose(first, model.eval()(input_ids=ids).logits)
+    assert disable_dropout(model) == 0
+
+
+@pytest.mark.parametrize(
+    ("objective", "setting", "expect_off"),
+    [
+        ("PoFT", None, True),
+        ("CrossEntropy", None, False),
+        ("PoFT", False, False),
+        ("CrossEntropy", True, True),
+    ],
+)
+def test_modules_turn_dropout_off_for_objectives_comparing_logprobs(objective, setting, expect_off):
+    import functools
+
+    from prefalign import objectives
+    from prefalign.modules import SingleSequenceModule
+
+    model = _dropout_model()
+    SingleSequenceModule(
+        model,
+        getattr(objectives, objective)(),
+        functools.partial(torch.optim.AdamW, lr=1e-3),
+        disable_dropout=setting,
+    )
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    rates += [m.attention_dropout for m in model.modules() if hasattr(m, "attention_dropout")]
+    assert rates and all((r == 0) == expect_off for r in rates)
+
+
+def test_multi_sequence_objectives_turn_dropout_off_by_default():
+    import functools
+
+    from prefalign.modules import MultiSequenceModule
+    from prefalign.objectives import SSO
+
+    model = _dropout_model()
+    MultiSequenceModule(model, SSO(), functools.partial(torch.optim.AdamW, lr=1e-3))
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))

@@ -136,14 +136,14 @@ def test_samples_without_response_tokens_are_counted_not_scored(conversations, m
 def test_non_finite_scores_are_an_error_naming_the_id(conversations, members, tmp_path, monkeypatch):
     from prefalign.scoring import engine
 
-    real = engine.sequence_logprobs
+    real = engine.model_sequence_logprobs
 
-    def poisoned(logits, labels, chunk_rows=None):
-        result = real(logits, labels, chunk_rows)
+    def poisoned(*args, **kwargs):
+        result = real(*args, **kwargs)
         result.sum[0] = float("nan")
         return result
 
-    monkeypatch.setattr(engine, "sequence_logprobs", poisoned)
+    monkeypatch.setattr(engine, "model_sequence_logprobs", poisoned)
     with pytest.raises(ScoreCacheError, match=r"\(id=syn-[^)]*\): non-finite score \(nan\)"):
         score_conversations(
             conversations, members["zephyr_bytes"], max_length=256, cache_dir=tmp_path, trainer_kwargs=CPU

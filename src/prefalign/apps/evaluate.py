@@ -84,7 +84,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     # imported here, not at the top: the app's --help / --cfg job never load torch or transformers
     from prefalign.evaluation.runs import load_checkpoint_weights, model_source
-    from prefalign.models.loading import load_model_and_tokenizer
+    from prefalign.models.loading import load_for_inference
 
     source = model_source(cfg)
     specs = task_specs(OmegaConf.to_container(cfg.tasks, resolve=True))
@@ -95,8 +95,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "task_settings": {spec.label: spec.describe() for spec in specs},
         "scale": cfg.aggregate.scale,
     }
-    model, tokenizer = load_model_and_tokenizer(source.model_config)
-    model.to(cfg.device)
+    model, tokenizer = load_for_inference(source.model_config, str(cfg.device), setting="device")
     if not source.checkpoints:
         scores = _evaluate_loaded(model, tokenizer, source.name, specs, manager, cfg, out)
         table = markdown_table({source.name: scores}, list(scores), corner="model")

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from prefalign.config import config_dir, register_resolvers
 from prefalign.core.errors import ConfigError
@@ -48,8 +48,9 @@ def export_answers(cfg: DictConfig) -> dict[str, list[Path]]:
         mt_bench_answers,
     )
     from prefalign.evaluation.runs import load_checkpoint_weights, model_source
+    from prefalign.generation.backends import build_generator
     from prefalign.generation.sampling import HFGenerator, SamplingConfig
-    from prefalign.models.loading import load_model_and_tokenizer
+    from prefalign.models.loading import load_for_inference
 
     base_id = cfg.get("model_id")
     if base_id is not None and not MODEL_ID.match(str(base_id)):
@@ -65,9 +66,19 @@ def export_answers(cfg: DictConfig) -> dict[str, list[Path]]:
     base_id = str(base_id or source.name)
     if not MODEL_ID.match(base_id):
         raise EvalConfigError(f"the model name {base_id!r} cannot name an answer file; set model_id")
-    model, tokenizer = load_model_and_tokenizer(source.model_config)
-    model.to(cfg.device)
-    generator = HFGenerator(model, tokenizer)
+    generation = OmegaConf.to_container(cfg.generation, resolve=True)
+    if generation.get("backend", "hf") == "hf":
+        model, tokenizer = load_for_inference(
+            source.model_config, str(generation.get("device", "auto")), setting="generation.device"
+        )
+        generator = HFGenerator(model, tokenizer)
+    elif source.checkpoints:
+        raise EvalConfigError(
+            "config keys `generation.backend` / `run_dir`: vllm serves a Hugging Face model folder, not "
+            "a run's epoch checkpoints; use generation=hf for a run, or export the epochs first"
+        )
+    else:
+        generator = build_generator(generation, source.model_config, seed=int(cfg.seed))
     out = Path(cfg.paths.output_dir)
     written: dict[str, list[Path]] = {"mt_bench": [], "alpaca_eval": []}
     for checkpoint in source.checkpoints or [None]:

@@ -29,7 +29,7 @@ import torch
 from prefalign.data.chat import IGNORE_INDEX
 
 #: Attention implementations that accept the custom 4-D mask shared-prompt rows need.
-MASKABLE_ATTENTION = ("sdpa", "eager")
+MASKABLE_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
 def _common_prefix(token_lists: Sequence[Sequence[int]]) -> int:
@@ -127,7 +127,9 @@ def shared_prompt_attention_mask(
 ) -> torch.Tensor:
     """The ``(R, 1, T, T)`` mask of shared-prompt rows: causal, and a response sees only the prompt and itself.
 
-    Boolean (True: attend) for ``sdpa``; additive (0 / dtype minimum) for ``eager``. Other
+    Boolean (True: attend) for ``sdpa``; additive (0 / dtype minimum) for ``eager``; a FlexAttention
+    ``BlockMask`` for ``flex_attention`` (the fast kernel on GPU; torch's CPU build runs it
+    forward-only and unfused). Other
     implementations (``flash_attention_2``) take no custom mask: set ``data.share_prompts=false``.
     """
     if attn_implementation not in MASKABLE_ATTENTION:
@@ -136,6 +138,8 @@ def shared_prompt_attention_mask(
             f"{attn_implementation!r} does not take (use one of {MASKABLE_ATTENTION}), "
             "or set data.share_prompts=false"
         )
+    if attn_implementation == "flex_attention":  # a block-sparse mask: FlexAttention skips empty blocks
+        return shared_prompt_block_mask(segment_ids)
     length = segment_ids.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
     query, key = segment_ids[:, :, None], segment_ids[:, None, :]
@@ -145,3 +149,15 @@ def shared_prompt_attention_mask(
     return torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device).masked_fill(
         ~allowed, torch.finfo(dtype).min
     )
+
+
+def shared_prompt_block_mask(segment_ids: torch.Tensor):
+    """The mask of :func:`shared_prompt_attention_mask` as a FlexAttention ``BlockMask`` (no dense ``T x T``)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def allowed(batch, head, query, key):
+        same = segment_ids[batch, query] == segment_ids[batch, key]
+        return (query >= key) & (same | (segment_ids[batch, key] == 0))
+
+    rows, length = segment_ids.shape
+    return create_block_mask(allowed, rows, None, length, length, device=segment_ids.device)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prefalign.generation.principles import judge_messages, parse_judge_answer
-from prefalign.generation.sampling import HFGenerator, SamplingConfig
+from prefalign.generation.sampling import Generator, SamplingConfig
 
 Judge = Callable[[str, str, str], "str | None"]
 
@@ -19,17 +19,23 @@ Judge = Callable[[str, str, str], "str | None"]
 class LLMJudge:
     """Table 15 judge on a local model; "unsure" (None) when swapping the outputs changes the verdict."""
 
-    def __init__(self, generator: HFGenerator, max_new_tokens: int = 4) -> None:
+    def __init__(self, generator: Generator, max_new_tokens: int = 4) -> None:
         self.generator = generator
         self.config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
 
     @classmethod
-    def from_model_config(cls, model: Mapping[str, Any], max_new_tokens: int = 4) -> LLMJudge:
-        """A judge on the causal LM described by a ``model`` config (e.g. from ``judge:`` in ``conf/sso.yaml``)."""
-        from prefalign.models.loading import load_model_and_tokenizer
+    def from_model_config(
+        cls,
+        model: Mapping[str, Any],
+        max_new_tokens: int = 4,
+        generation: Mapping[str, Any] | None = None,
+    ) -> LLMJudge:
+        """A judge on the causal LM described by a ``model`` config (e.g. from ``judge:`` in
+        ``conf/sso.yaml``), sampled by the ``generation`` backend (default: hf on this rank's GPU
+        or the CPU, :func:`prefalign.generation.backends.build_generator`)."""
+        from prefalign.generation.backends import build_generator
 
-        judge_model, tokenizer = load_model_and_tokenizer(dict(model))
-        return cls(HFGenerator(judge_model.eval(), tokenizer), max_new_tokens)
+        return cls(build_generator(dict(generation or {"backend": "hf"}), dict(model)), max_new_tokens)
 
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[str | None]:
         """Verdicts for (prompt, a, b) triples: "a", "b" or None."""

@@ -1,4 +1,4 @@
-"""Batched sampling from the policy: HF ``generate`` by default, vLLM as an optional GPU backend.
+"""Batched sampling from the policy with HF ``generate`` (vLLM: :mod:`prefalign.generation.vllm`).
 
 Prompts are rendered with the model's chat template (generation prompt added), sorted by length,
 left-padded and generated in batches with the KV cache; each batch is seeded from the base seed, so
@@ -9,7 +9,7 @@ flagged. Defaults are the SSO paper's: top-p 0.8, temperature 0.7, max_new_token
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -116,15 +116,6 @@ class PerRowSampler(LogitsProcessor):
 class HFGenerator:
     """Batched sampling with ``model.generate`` (KV cache, left padding, length-sorted batches)."""
 
-    @classmethod
-    def from_model_config(cls, model: Mapping[str, Any]) -> HFGenerator:
-        """Load the model and tokenizer of a ``model`` config group (the SSO pipeline's
-        ``generator._target_``; it passes each policy's model config as ``model``)."""
-        from prefalign.models.loading import load_model_and_tokenizer
-
-        loaded, tokenizer = load_model_and_tokenizer(model)
-        return cls(loaded, tokenizer)
-
     def __init__(self, model, tokenizer) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -203,38 +194,3 @@ class HFGenerator:
                 )
         self.model.train(was_training)
         return results  # type: ignore[return-value]
-
-
-class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm package
-    """The same interface on vLLM, for GPU runs (``pip install vllm``); not exercised on CPU machines."""
-
-    def __init__(self, model_path: str, tokenizer, **llm_kwargs) -> None:
-        from vllm import LLM
-
-        self.llm = LLM(model=model_path, **llm_kwargs)
-        self.tokenizer = tokenizer
-
-    def generate(
-        self, conversations: Sequence[list[dict[str, str]]], config: SamplingConfig
-    ) -> list[Generation]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_new_tokens,
-            seed=config.seed,
-        )
-        prompts = [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            for c in conversations
-        ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [
-            Generation(
-                text=o.outputs[0].text.strip(),
-                num_tokens=len(o.outputs[0].token_ids),
-                hit_max_new_tokens=o.outputs[0].finish_reason == "length",
-            )
-            for o in outputs
-        ]

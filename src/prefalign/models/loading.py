@@ -27,7 +27,7 @@ from prefalign.models.chat_templates import TEMPLATES
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 HEADS = ("causal_lm", "reward")
 
 
@@ -190,8 +190,9 @@ def load_causal_lm(
 
     Args:
         dtype: ``float32`` | ``bfloat16`` | ``float16`` (weights' dtype; mixed precision is the
-            trainer's business).
-        attn_implementation: ``sdpa`` (default), ``eager``, or ``flash_attention_2`` (gpu extra).
+            trainer's business); ``auto`` resolves with :func:`resolve_dtype` for the CPU.
+        attn_implementation: ``sdpa`` (default), ``eager``, ``flex_attention`` (torch's FlexAttention),
+            or ``flash_attention_2`` (gpu extra, CUDA only).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
         gguf_file: load (dequantised) weights from this GGUF file inside ``name_or_path``.
         head: ``causal_lm`` (the language-model head) or ``reward`` (a one-output sequence
@@ -199,19 +200,12 @@ def load_causal_lm(
         lora: peft ``LoraConfig`` arguments (``r``, ``lora_alpha``, ``lora_dropout``,
             ``target_modules``...); ``None`` trains all weights.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    dtype = resolve_dtype(dtype, torch.device("cpu"))
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(
             f"model.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}"
         )
-    if attn_implementation == "flash_attention_2":
-        from transformers.utils import is_flash_attn_2_available
-
-        if not is_flash_attn_2_available():
-            raise ValueError(
-                "model.attn_implementation=flash_attention_2 needs flash-attn on a CUDA machine: pip install 'prefalign[gpu]'"
-            )
+    check_attention(attn_implementation)
     kwargs: dict[str, Any] = {
         "revision": revision,
         "dtype": DTYPES[dtype],
@@ -267,3 +261,142 @@ def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, P
         head=cfg.get("head", "causal_lm"),
     )
     return model, tokenizer
+
+
+# -- device, dtype and attention for models run outside the Trainer -----------------------------------
+
+FLASH_ATTN_FIX = (
+    'install the gpu extra on a CUDA machine (pip install -e ".[gpu]" --no-build-isolation, see the '
+    "README) or set model.attn_implementation=sdpa"
+)
+
+
+def check_attention(attn_implementation: str, device: torch.device | None = None) -> None:
+    """Refuse, with the fix, an attention implementation that cannot run here.
+
+    ``flash_attention_2`` needs the flash-attn package and a CUDA device (``device``, when given, is
+    where the model will run).
+    """
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"model.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}"
+        )
+    if attn_implementation != "flash_attention_2":
+        return
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available():
+        raise ValueError(
+            "model.attn_implementation=flash_attention_2 but flash-attn is not installed (or no CUDA "
+            f"GPU is visible): {FLASH_ATTN_FIX}"
+        )
+    if device is not None and device.type != "cuda":
+        raise ValueError(
+            f"model.attn_implementation=flash_attention_2 runs on CUDA GPUs only, but the model runs on "
+            f"{device}: set model.attn_implementation=sdpa or run on a GPU"
+        )
+
+
+def resolve_device(device: str = "auto", setting: str = "device") -> torch.device:
+    """The device a model outside the Trainer runs on.
+
+    Args:
+        device: ``auto`` (this rank's GPU, ``cuda:$LOCAL_RANK``, when CUDA is available, else the
+            CPU), ``cpu``, ``cuda`` (GPU ``$LOCAL_RANK``) or ``cuda:<index>``.
+        setting: the config key that holds ``device``, named in errors.
+    """
+    text = str(device).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text not in ("auto", "cuda") and not text.startswith("cuda:"):
+        raise ValueError(f"{setting}={device!r}: use auto, cpu, cuda or cuda:<index>")
+    available = torch.cuda.is_available()
+    if text == "auto" and not available:
+        return torch.device("cpu")
+    if not available:
+        raise ValueError(
+            f"{setting}={device} but no CUDA GPU is visible (torch {torch.__version__}, "
+            f"CUDA build: {torch.version.cuda or 'none'}): set {setting}=auto or {setting}=cpu, or run on "
+            "a GPU machine with a CUDA build of torch"
+        )
+    count = torch.cuda.device_count()
+    index = int(text.partition(":")[2]) if ":" in text else int(os.environ.get("LOCAL_RANK", 0)) % count
+    if index >= count:
+        raise ValueError(f"{setting}={device} but only {count} CUDA device(s) are visible")
+    return torch.device("cuda", index)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The weights' dtype name: ``auto`` is ``bfloat16`` on a GPU that supports it, else ``float32``."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bfloat16"
+        return "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
+    return dtype
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a model runs: device, weight dtype name, attention implementation."""
+
+    device: torch.device
+    dtype: str
+    attn_implementation: str
+
+
+def resolve_placement(
+    model_cfg: Mapping[str, Any], device: str = "auto", setting: str = "device"
+) -> Placement:
+    """The one resolution of device, dtype and attention for a ``model`` config (errors at start-up).
+
+    ``model.dtype: auto`` becomes bf16 on GPU and fp32 on CPU; a configured dtype is kept.
+    ``flash_attention_2`` is checked against the installed packages and the device.
+    """
+    where = resolve_device(device, setting)
+    attention = str(model_cfg.get("attn_implementation", "sdpa"))
+    check_attention(attention, where)
+    return Placement(where, resolve_dtype(str(model_cfg.get("dtype", "float32")), where), attention)
+
+
+def load_for_inference(
+    model_cfg: Mapping[str, Any], device: str = "auto", setting: str = "device"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a ``model`` config for generation, judging or scoring outside the Trainer.
+
+    The model comes in eval mode, on the device of :func:`resolve_placement` (this rank's GPU with
+    ``device=auto``), in its resolved dtype and attention implementation, without gradient
+    checkpointing. Every app that samples or judges loads its models through this function.
+    """
+    placement = resolve_placement(model_cfg, device, setting)
+    resolved = {
+        **dict(model_cfg),
+        "dtype": placement.dtype,
+        "attn_implementation": placement.attn_implementation,
+        "gradient_checkpointing": False,
+    }
+    model, tokenizer = load_model_and_tokenizer(resolved)
+    return model.to(placement.device).eval(), tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Turn off every dropout of ``model`` (also in train mode); returns how many were on.
+
+    Zeroes each ``nn.Dropout``'s ``p`` (hidden, embedding and LoRA dropout) and the float
+    ``attention_dropout`` that transformers' attention layers pass to the attention kernel.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            module.p = 0.0
+            changed += 1
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            module.attention_dropout = 0.0
+            changed += 1
+    config = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "embd_pdrop", "resid_pdrop", "attn_pdrop"):
+        if isinstance(getattr(config, key, None), float):
+            setattr(config, key, 0.0)
+    return changed

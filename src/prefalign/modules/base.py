@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, get_scheduler
 
 from prefalign.core.names import NOISE
+from prefalign.models.loading import disable_dropout as disable_model_dropout
 from prefalign.objectives.base import ObjectiveOutput
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -32,6 +33,9 @@ class AlignmentModule(L.LightningModule):
         scheduler: ``name`` (a transformers scheduler: ``cosine``, ``linear``, ``constant_with_warmup``...),
             ``warmup_ratio`` (fraction of the total optimiser steps) and optional ``kwargs``.
         logprob_chunk_rows: sequences per fp32 log-softmax chunk (bounds memory on large vocabularies).
+        disable_dropout: turn off the model's dropout (also LoRA's) so the policy is scored like the
+            reference; ``None`` (default): on for every objective that compares log-probs (PoFT,
+            bi-PoFT, DPO, IPO, SSO, reward model), off for cross-entropy.
     """
 
     def __init__(
@@ -41,9 +45,14 @@ class AlignmentModule(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: Mapping[str, Any] | None = None,
         logprob_chunk_rows: int | None = None,
+        disable_dropout: bool | None = None,
     ) -> None:
         super().__init__()
         self.model = model.train()  # from_pretrained returns eval mode
+        if disable_dropout is None:  # off for objectives that compare log-probs (the objective says)
+            disable_dropout = bool(getattr(objective, "compares_logprobs", True))
+        if disable_dropout:
+            disable_model_dropout(model)
         self.objective = objective
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {"name": "cosine", "warmup_ratio": 0.1})

@@ -13,7 +13,11 @@ from prefalign.data.packing import shared_prompt_attention_mask
 from prefalign.data.preference import PreferenceDataModule
 from prefalign.modules.base import AlignmentModule
 from prefalign.objectives.base import MultiSequenceObjective, ObjectiveOutput
-from prefalign.scoring.logprobs import SequenceLogProbs, gathered_sequence_logprobs, sequence_logprobs
+from prefalign.scoring.logprobs import (
+    SequenceLogProbs,
+    model_gathered_sequence_logprobs,
+    model_sequence_logprobs,
+)
 
 
 def split_by_sequence(scores: SequenceLogProbs, names: list[str]) -> dict[str, SequenceLogProbs]:
@@ -45,6 +49,7 @@ class MultiSequenceModule(AlignmentModule):
         scheduler=None,
         logprob_chunk_rows=None,
         reference_model: PreTrainedModel | None = None,
+        disable_dropout=None,
     ) -> None:
         if not isinstance(objective, MultiSequenceObjective):
             raise TypeError(
@@ -52,7 +57,7 @@ class MultiSequenceModule(AlignmentModule):
                 "the objective names its LightningModule (its `module` attribute), and a "
                 "`module._target_` override must name that same class"
             )
-        super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows)
+        super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows, disable_dropout)
         self.reference_model = (
             reference_model.eval().requires_grad_(False) if reference_model is not None else None
         )
@@ -63,14 +68,12 @@ class MultiSequenceModule(AlignmentModule):
             mask = shared_prompt_attention_mask(
                 batch["segment_ids"], model.config._attn_implementation, model.dtype
             )
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=mask,
-                position_ids=batch["position_ids"],
-                use_cache=False,
-            ).logits
-            return gathered_sequence_logprobs(
-                logits,
+            # memory-lean log-probs: only response positions are projected to the vocabulary
+            return model_gathered_sequence_logprobs(
+                model,
+                batch["input_ids"],
+                mask,
+                batch["position_ids"],
                 batch["target_row"],
                 batch["target_position"],
                 batch["target_token"],
@@ -80,10 +83,9 @@ class MultiSequenceModule(AlignmentModule):
                 if self.logprob_chunk_rows is None
                 else self.logprob_chunk_rows * batch["input_ids"].shape[1],
             )
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
-        return sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows)
+        return model_sequence_logprobs(  # memory-lean log-probs
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_rows
+        )
 
     def _reference(self, batch: Mapping[str, Any], names: list[str]) -> dict[str, SequenceLogProbs] | None:
         if self.reference_model is not None:

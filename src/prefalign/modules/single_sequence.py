@@ -11,7 +11,7 @@ from prefalign.data.chat import IGNORE_INDEX
 from prefalign.data.datamodule import ChatDataModule
 from prefalign.modules.base import AlignmentModule
 from prefalign.objectives.base import ObjectiveOutput, SingleSequenceObjective
-from prefalign.scoring.logprobs import SequenceLogProbs, sequence_logprobs
+from prefalign.scoring.logprobs import SequenceLogProbs, model_sequence_logprobs
 
 
 class SingleSequenceModule(AlignmentModule):
@@ -27,14 +27,16 @@ class SingleSequenceModule(AlignmentModule):
     # The data module class whose batches this module reads (checked by the training app).
     data_module = ChatDataModule
 
-    def __init__(self, model, objective, optimizer, scheduler=None, logprob_chunk_rows=None) -> None:
+    def __init__(
+        self, model, objective, optimizer, scheduler=None, logprob_chunk_rows=None, disable_dropout=None
+    ) -> None:
         if not isinstance(objective, SingleSequenceObjective):
             raise TypeError(
                 f"{type(objective).__name__} is not a one-sequence-per-sample objective; the objective "
                 "names its LightningModule (its `module` attribute), and a `module._target_` override "
                 "must name that same class"
             )
-        super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows)
+        super().__init__(model, objective, optimizer, scheduler, logprob_chunk_rows, disable_dropout)
 
     def _reference(self, batch: Mapping[str, Any]) -> SequenceLogProbs | None:
         total, count = reference_columns(SINGLE)
@@ -48,13 +50,13 @@ class SingleSequenceModule(AlignmentModule):
         return SequenceLogProbs(sum=batch[total].float(), count=batch[count])
 
     def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
-        outputs = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        )
         labels = batch["labels"]
         if self.objective.scored_tokens == "all":  # every non-pad token (the official PoFT code)
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-        policy = sequence_logprobs(outputs.logits, labels, self.logprob_chunk_rows)
+        # memory-lean log-probs: only response positions are projected to the vocabulary
+        policy = model_sequence_logprobs(
+            self.model, batch["input_ids"], batch["attention_mask"], labels, self.logprob_chunk_rows
+        )
         if not self.objective.needs_reference:
             return self.objective(policy, batch)
         return self.objective(policy, batch, self._reference(batch))

@@ -57,9 +57,13 @@ class Objective(nn.Module):
             scoring engine, or a live reference model where the module supports one).
         distribution_metrics: metrics whose spread matters (logged with a standard deviation and
             as W&B histograms).
+        compares_logprobs: whether the loss compares the policy's log-probs (or rewards) with
+            another model's or another sequence's; the module then turns dropout off by default, so
+            the policy is scored as the frozen models are (``module.disable_dropout``).
     """
 
     module: str = ""
+    compares_logprobs: bool = True
     sequences: tuple[str, ...] = ()
     batch_columns: tuple[str, ...] = ()
     needs_reference: bool = False

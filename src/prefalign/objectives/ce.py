@@ -21,6 +21,8 @@ class CrossEntropy(SingleSequenceObjective):
             then averages over samples.
     """
 
+    compares_logprobs = False  # plain SFT: dropout stays as the model configures it
+
     def __init__(self, reduction: str = "token_mean") -> None:
         super().__init__()
         if reduction not in REDUCTIONS:

@@ -353,7 +353,7 @@ class SSOPipeline:
         self.allocation = SamplingConfig(**OmegaConf.to_container(cfg.allocation, resolve=True))
         if not cfg.get("generator") or "_target_" not in cfg.generator:
             raise ConfigError(
-                "config key `generator._target_` is required (e.g. HFGenerator.from_model_config)"
+                "config key `generator._target_` is required (e.g. prefalign.generation.backends.build_generator)"
             )
         self.force = bool(OmegaConf.select(cfg, "resume.force", default=False))
         self.train_configs = {i: self.train_config(i) for i in range(1, int(cfg.iterations) + 1)}
@@ -496,9 +496,15 @@ class SSOPipeline:
         """π_i's sampling backend, instantiated from ``cfg.generator`` with ``model=`` π_i's model config."""
         key = json.dumps(self.policy_model_cfg(i), sort_keys=True, default=str)
         if self._loaded is None or self._loaded[0] != key:
-            self._loaded = None  # free the previous policy first
+            self._release_generator()  # free the previous policy first
             self._loaded = (key, hydra.utils.instantiate(self.cfg.generator, model=self.policy_model_cfg(i)))
         return self._loaded[1]
+
+    def _release_generator(self) -> None:
+        """Drop the loaded sampler (closing a vLLM engine frees its GPU memory)."""
+        if self._loaded is not None and callable(getattr(self._loaded[1], "close", None)):
+            self._loaded[1].close()
+        self._loaded = None
 
     # -- the training configs --------------------------------------------------------------------
     def train_config(self, i: int) -> DictConfig:
@@ -650,7 +656,7 @@ class SSOPipeline:
 
     def train(self, i: int) -> dict:
         """Train π_i from π_{i-1}; stop if the result has non-finite weights or metrics."""
-        self._loaded = None  # free the sampling copy of the policy before training
+        self._release_generator()  # free the sampling copy of the policy before training
         metrics = self._fit(self.train_configs[i])
         policy = self.iteration_dir(i) / "policy"
         problem = check_finite_policy(policy, metrics)

@@ -96,7 +96,7 @@ from prefalign.scoring.cache import (
     table_digest,
     write_shard,
 )
-from prefalign.scoring.logprobs import sequence_logprobs
+from prefalign.scoring.logprobs import model_sequence_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -329,10 +329,9 @@ class ScoringModule(L.LightningModule):
         )
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        logits = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
-        scores = sequence_logprobs(logits, batch["labels"], self.logprob_chunk_rows)
+        scores = model_sequence_logprobs(  # memory-lean: response positions only
+            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_rows
+        )
         return {
             "id": list(batch["id"]),
             "position": batch["position"].tolist(),

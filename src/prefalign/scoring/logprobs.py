@@ -5,14 +5,27 @@ response tokens' log-probabilities under the model and the number of response to
 sequence. CE uses it per token, PoFT's r_θ and the aligned scores r_j its average, DPO the sums,
 IPO and SSO's W the averages. Log-probs are always computed in fp32 with a fused log-softmax
 (``cross_entropy``), never ``log(softmax)`` in low precision.
+
+Two paths give the same values:
+
+- from logits (:func:`sequence_logprobs`, :func:`gathered_sequence_logprobs`): the model's full
+  ``(B, T, V)`` logits, the reference;
+- memory-lean (:func:`model_sequence_logprobs`, :func:`model_gathered_sequence_logprobs`, the
+  default of training and scoring): the model's last hidden states, of which only the response
+  positions are projected to the vocabulary, a bounded chunk at a time, so no full-vocabulary
+  logits exist for every position (the idea of fused linear cross-entropy kernels). Peak memory
+  then no longer grows with the vocabulary beyond the output matrix itself
+  (``benchmarks/logprob_memory.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from prefalign.data.chat import IGNORE_INDEX
 
@@ -101,8 +114,224 @@ def gathered_sequence_logprobs(
         for i in range(0, len(tokens), step)
     ]
     logps = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-    sums = torch.zeros(num_slots, dtype=torch.float32, device=logits.device).index_add(0, slots, logps)
-    counts = torch.zeros(num_slots, dtype=torch.long, device=logits.device).index_add(
+    return _per_sequence(logps, slots, num_slots, logits.device)
+
+
+# -- memory-lean path: from the model's last hidden states --------------------------------------------
+
+LOGIT_CHUNK_ELEMENTS = 2**24
+"""fp32 logits held at once by the lean path when no chunk size is given (64 MiB): the chunk holds
+``LOGIT_CHUNK_ELEMENTS // vocab_size`` response tokens, so the memory it needs does not grow with the
+vocabulary."""
+
+
+def last_hidden_states(model: torch.nn.Module, **inputs: Any) -> torch.Tensor:
+    """The decoder's final (normalised) hidden states ``(B, T, H)`` for ``inputs``, without the
+    full-vocabulary logits.
+
+    The model's own ``forward`` runs (so wrappers such as FSDP, peft and activation checkpointing
+    see an ordinary call) with ``logits_to_keep=1``, i.e. the head projects only the last position;
+    the decoder's output is captured by a forward hook on ``model.get_decoder()``.
+    """
+    captured: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    handle = model.get_decoder().register_forward_hook(keep)
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(
+            f"{type(model).__name__}: expected one decoder call per forward, saw {len(captured)}"
+        )
+    return captured[0]
+
+
+def _output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, float | None]:
+    """The LM head (``get_output_embeddings``) and the model's final-logit soft-cap, if any."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (language-model head)")
+    config = model.config
+    if getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        raise ValueError(
+            f"{type(model).__name__} scales its logits (config.logit_scale); score it with lean=False"
+        )
+    return head, getattr(config, "final_logit_softcapping", None)
+
+
+def _chunk_logprobs(
+    hidden: torch.Tensor, tokens: torch.Tensor, head: torch.nn.Module, softcap: float | None
+) -> torch.Tensor:
+    """log p(token | hidden) for a chunk of positions: head projection, then fp32 log-softmax."""
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return -F.cross_entropy(logits, tokens, reduction="none")
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of a chunk of positions (the matmul in the weights' dtype, as the model's head)."""
+    return (hidden @ weight.T).float()
+
+
+class _LinearLogProbs(torch.autograd.Function):
+    """log p(token | hidden) through a bias-free linear head, one chunk of logits at a time.
+
+    Forward keeps only each position's log-normaliser; backward recomputes each chunk's logits and
+    accumulates the head's gradient into a single fp32 buffer, so neither pass holds more than one
+    chunk of logits, and the output matrix's gradient exists once (not once per chunk).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, step):
+        lse = torch.empty(len(tokens), dtype=torch.float32, device=hidden.device)
+        target = torch.empty_like(lse)
+        for start in range(0, len(tokens), step):
+            logits = _chunk_logits(hidden[start : start + step], weight)
+            lse[start : start + step] = torch.logsumexp(logits, dim=-1)
+            target[start : start + step] = logits.gather(1, tokens[start : start + step, None])[:, 0]
+        ctx.save_for_backward(hidden, weight, tokens, lse)
+        ctx.step = step
+        return target - lse
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        hidden, weight, tokens, lse = ctx.saved_tensors
+        step = ctx.step
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if ctx.needs_input_grad[1]
+            else None
+        )
+        for start in range(0, len(tokens), step):
+            h = hidden[start : start + step]
+            logits = _chunk_logits(h, weight)
+            # d logp[t] / d logits = onehot(t) - softmax, scaled by the upstream gradient
+            grad_logits = torch.exp(logits - lse[start : start + step, None]).neg_()
+            grad_logits.scatter_add_(
+                1, tokens[start : start + step, None], torch.ones_like(grad_logits[:, :1])
+            )
+            grad_logits.mul_(grad_output[start : start + step, None])
+            if grad_hidden is not None:
+                grad_hidden[start : start + step] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T, h.float())
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None
+
+
+def hidden_logprobs(
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    head: torch.nn.Module,
+    chunk_tokens: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """``(N,)`` fp32 log-probs of ``tokens`` given the hidden states ``(N, H)`` that predict them.
+
+    The head's logits exist for ``chunk_tokens`` positions at a time (default: as many as fit in
+    :data:`LOGIT_CHUNK_ELEMENTS`). With gradients on, each chunk is recomputed in the backward pass,
+    so the backward also holds one chunk of logits, not all of them: by :class:`_LinearLogProbs` for
+    a plain bias-free linear head (the usual LM head, tied or not), else by activation checkpointing.
+    """
+    if chunk_tokens is None:
+        chunk_tokens = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
+    step = max(1, chunk_tokens)
+    if len(tokens) == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    if type(head) is torch.nn.Linear and head.bias is None and not softcap:
+        return _LinearLogProbs.apply(hidden, head.weight, tokens, step)
+    # other heads (LoRA on the head, a bias, soft-capping): checkpointed chunks
+    recompute = torch.is_grad_enabled() and (
+        hidden.requires_grad or any(p.requires_grad for p in head.parameters())
+    )
+    pieces = []
+    for start in range(0, len(tokens), step):
+        args = (hidden[start : start + step], tokens[start : start + step], head, softcap)
+        if recompute:
+            pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(*args))
+    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def _per_sequence(
+    logps: torch.Tensor, slots: torch.Tensor, num_slots: int, device: torch.device
+) -> SequenceLogProbs:
+    sums = torch.zeros(num_slots, dtype=torch.float32, device=device).index_add(0, slots, logps)
+    counts = torch.zeros(num_slots, dtype=torch.long, device=device).index_add(
         0, slots, torch.ones_like(slots)
     )
     return SequenceLogProbs(sum=sums, count=counts)
+
+
+def model_sequence_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_rows: int | None = None,
+    lean: bool = True,
+) -> SequenceLogProbs:
+    """:func:`sequence_logprobs` of ``model`` on a padded batch (one row per sequence).
+
+    Args:
+        model: a causal LM (transformers, optionally peft-wrapped).
+        labels: ``(B, T)`` as for :func:`sequence_logprobs`.
+        chunk_rows: chunk size in sequences' worth of tokens (``chunk_rows * T`` response tokens per
+            chunk on the lean path, ``chunk_rows`` rows on the full-logits path); ``None``: the lean
+            path's :data:`LOGIT_CHUNK_ELEMENTS` budget, the full path's whole batch.
+        lean: ``True`` (default): only the response positions' hidden states are projected to the
+            vocabulary, in chunks; ``False``: the reference path over the model's full logits.
+    """
+    if not lean:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return sequence_logprobs(logits, labels, chunk_rows)
+    hidden = last_hidden_states(model, input_ids=input_ids, attention_mask=attention_mask)
+    head, softcap = _output_head(model)
+    targets = labels[:, 1:]
+    rows, positions = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    logps = hidden_logprobs(
+        hidden[rows, positions],
+        targets[rows, positions],
+        head,
+        None if chunk_rows is None else chunk_rows * input_ids.shape[1],
+        softcap,
+    )
+    return _per_sequence(logps, rows, input_ids.shape[0], hidden.device)
+
+
+def model_gathered_sequence_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    tokens: torch.Tensor,
+    slots: torch.Tensor,
+    num_slots: int,
+    chunk_tokens: int | None = None,
+    lean: bool = True,
+) -> SequenceLogProbs:
+    """:func:`gathered_sequence_logprobs` of ``model`` on shared-prompt rows.
+
+    ``attention_mask`` is the rows' block mask (:func:`prefalign.data.packing.shared_prompt_attention_mask`)
+    and ``position_ids`` each token's position within its own sequence. With ``lean`` (default)
+    only the hidden states at ``(rows, positions)`` are projected, ``chunk_tokens`` at a time
+    (``None``: the :data:`LOGIT_CHUNK_ELEMENTS` budget); ``lean=False`` is the full-logits reference.
+    """
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    if not lean:
+        logits = model(**inputs, use_cache=False).logits
+        return gathered_sequence_logprobs(logits, rows, positions, tokens, slots, num_slots, chunk_tokens)
+    hidden = last_hidden_states(model, **inputs)
+    head, softcap = _output_head(model)
+    logps = hidden_logprobs(hidden[rows, positions], tokens, head, chunk_tokens, softcap)
+    return _per_sequence(logps, slots, num_slots, hidden.device)
