@@ -92,6 +92,7 @@ def _pipeline(tmp_path, monkeypatch, *overrides, fit=None) -> SSOPipeline:
                     "sampling.max_new_tokens=12",
                     f"work_dir={tmp_path / 'work'}",
                     f"generator._target_={__name__}.FakeGenerator",
+                    "~generator.generation",  # a factory of its own takes only `model=`
                     "wandb=null",
                     f"paths.root_dir={tmp_path}",
                     *overrides,

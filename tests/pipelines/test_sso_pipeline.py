@@ -143,3 +143,35 @@ def test_the_readme_tiny_command_changes_the_policy_every_iteration(tmp_path, se
     assert all(r["policy_change/max_abs"] > 0 and r["policy_change/relative_l2"] > 0 for r in report)
     first, second = (load_file(str(work / f"iter_{i}" / "policy" / "model.safetensors")) for i in (1, 2))
     assert any(not (first[k] == second[k]).all() for k in first)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_an_iteration_trained_by_two_ddp_ranks_runs_the_pipeline_once(tmp_path, session_cache):
+    """Lightning's subprocess launcher re-runs ``prefalign-sso`` for rank 1: that rank trains the
+    iteration's saved config and exits, it never allocates, samples or writes stage files."""
+    train = TRAIN.replace("]", ',"trainer=ddp","trainer.accelerator=cpu","trainer.devices=2"]')
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PREFALIGN_ROOT": str(tmp_path),
+        "PREFALIGN_CACHE": session_cache,
+    }
+    args = [a for a in ARGS if not a.startswith(("iterations=", "train_overrides="))]
+    result = subprocess.run(
+        [sys.executable, "-m", "prefalign.apps.sso", *args, "iterations=1", f"train_overrides={train}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = result.stdout + result.stderr
+    work = tmp_path / "logs" / "sso" / "default"
+    report = json.loads((work / "report.json").read_text())
+    assert [r["iteration"] for r in report] == [1]
+    assert (work / "iter_1" / "train" / "train_config.yaml").exists()
+    assert (work / "iter_1" / "policy" / "config.json").exists()
+    assert out.count("iteration 1: allocate") == 1  # rank 1 never ran the pipeline
+    assert not list(tmp_path.glob("logs/sso/*/iter_1/*.tmp"))

@@ -5,6 +5,10 @@ Examples::
     prefalign-sso iterations=2 prompts.limit=16 sampling.max_new_tokens=16   # a tiny run on CPU
     prefalign-sso sso_experiment=sso_table1                                    # a paper run
     prefalign-sso run_name=<name>                                             # resume that run
+
+An iteration that trains on several devices (``train_overrides=[trainer=ddp,trainer.devices=N]``)
+has Lightning start ranks 1..N-1 by re-running this program: those ranks train the iteration's
+saved ``train`` config and exit (:mod:`prefalign.training.launch`), they never run the pipeline.
 """
 
 from __future__ import annotations
@@ -13,16 +17,31 @@ import hydra
 from omegaconf import DictConfig
 
 from prefalign.config import config_dir, register_resolvers
+from prefalign.training.launch import child_train_config
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sso")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+def job(cfg: DictConfig) -> None:
+    """The pipeline, as one Hydra job."""
     from prefalign.pipelines.sso import SSOPipeline  # torch and Lightning: not for --help / --cfg
 
     SSOPipeline(cfg).run()
+
+
+def main() -> None:
+    """Entry point: a rank Lightning started for an iteration's fit trains that fit's config; any
+    other process runs the pipeline."""
+    saved = child_train_config()
+    if saved is None:
+        job()
+        return
+    from omegaconf import OmegaConf
+
+    from prefalign.training.run import run_task, train
+
+    run_task(train, OmegaConf.load(saved))
 
 
 if __name__ == "__main__":

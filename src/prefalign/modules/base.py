@@ -69,7 +69,7 @@ class AlignmentModule(L.LightningModule):
             return
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        from prefalign.training.strategies import decoder_layers
+        from prefalign.models.layers import decoder_layers
 
         precision = str(self.trainer.precision)
         mp_policy = (

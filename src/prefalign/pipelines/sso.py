@@ -683,9 +683,13 @@ class SSOPipeline:
 
     @staticmethod
     def _fit(train_cfg: DictConfig) -> dict[str, float]:
+        from prefalign.training.launch import train_in_child_ranks
         from prefalign.training.run import run_task, train
 
-        return run_task(train, train_cfg)
+        # ranks Lightning starts for this fit (trainer.devices > 1) train this config, not the pipeline
+        saved = Path(train_cfg.paths.output_dir) / "train_config.yaml"
+        with train_in_child_ranks(train_cfg, saved):
+            return run_task(train, train_cfg)
 
     def evaluate(self, i: int) -> dict:
         rows = read_jsonl(self.iteration_dir(i) / "preferences.jsonl")

@@ -13,6 +13,11 @@ of exactly the parent's job, writing into the parent's job folder (its log file
 ``<app>_ddp_process_<rank>.log``, no second ``.hydra/``). One sweep folder per sweep; every rank
 trains the parent's parameters.
 
+A ``train()`` called inside another program (an SSO iteration of ``prefalign-sso``) is wrapped in
+:func:`train_in_child_ranks` instead: the iteration's resolved ``train`` config is saved and named
+in ``PREFALIGN_CHILD_TRAIN_CONFIG``, and the app's entry point makes a child rank train that config
+(:func:`child_train_config`) rather than re-run the pipeline.
+
 Under SLURM (``srun``, one task per GPU) or torchrun, the launcher starts every rank itself and
 Lightning spawns nothing; each task already runs the same job (the submitit launcher pickles each
 job's config), so nothing here applies.
@@ -25,6 +30,8 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,8 @@ PARENT_JOB_ENV = "PREFALIGN_PARENT_JOB"
 # Set by Lightning's subprocess launcher in the parent (and copied to the children); restored
 # after each job so that the next job of a multirun launches its own ranks again.
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", PARENT_JOB_ENV)
+# A saved, resolved ``train`` config that child ranks train (see the module docstring).
+CHILD_TRAIN_ENV = "PREFALIGN_CHILD_TRAIN_CONFIG"
 # Hydra command-line flags that choose the config (kept for the child; every other flag dropped).
 CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 
@@ -102,15 +111,22 @@ def parent_job() -> Iterator[None]:
     if not HydraConfig.initialized() or is_child_rank():
         yield
         return
-    saved = {key: os.environ.get(key) for key in LAUNCHER_ENV}
     hc = HydraConfig.get()
-    os.environ[PARENT_JOB_ENV] = json.dumps(
-        {
-            "overrides": list(hc.overrides.task),
-            "output_dir": str(hc.runtime.output_dir),
-            "job_name": str(hc.job.name),
-        }
-    )
+    job = {
+        "overrides": list(hc.overrides.task),
+        "output_dir": str(hc.runtime.output_dir),
+        "job_name": str(hc.job.name),
+    }
+    with _launcher_environment({PARENT_JOB_ENV: json.dumps(job)}):
+        yield
+
+
+@contextlib.contextmanager
+def _launcher_environment(values: dict[str, str]) -> Iterator[None]:
+    """Set ``values`` in the environment; afterwards restore every variable Lightning's launcher
+    sets and destroy the process group (the ranks of this fit are gone)."""
+    saved = {key: os.environ.get(key) for key in (*LAUNCHER_ENV, *values)}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -123,6 +139,32 @@ def parent_job() -> Iterator[None]:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def train_in_child_ranks(train_cfg: Any, path: str | Path) -> Iterator[None]:
+    """Around a ``train(train_cfg)`` call made inside another program: save ``train_cfg``
+    (resolved) to ``path`` and name it in ``PREFALIGN_CHILD_TRAIN_CONFIG``, so that the ranks
+    Lightning starts for this fit train exactly it (:func:`child_train_config`). Afterwards the
+    launcher's variables are restored and the process group destroyed, so the calling program
+    continues as one process (and its next fit starts its own ranks)."""
+    from omegaconf import OmegaConf
+
+    from prefalign.core.jsonl import atomic_write
+
+    with atomic_write(path) as f:
+        f.write(OmegaConf.to_yaml(train_cfg, resolve=True))
+    with _launcher_environment({CHILD_TRAIN_ENV: str(Path(path).resolve())}):
+        yield
+
+
+def child_train_config(environ: dict[str, str] | None = None) -> str | None:
+    """In a rank Lightning started for a :func:`train_in_child_ranks` fit, the saved config's
+    path; ``None`` in any other process."""
+    env = os.environ if environ is None else environ
+    if env.get("LOCAL_RANK", "0") in ("", "0"):
+        return None
+    return env.get(CHILD_TRAIN_ENV)
 
 
 def log_rank() -> None:

@@ -6,25 +6,9 @@ from typing import Any
 
 from torch import nn
 
+from prefalign.models.layers import decoder_layer_classes, decoder_layers
 
-def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """The model's transformer-block classes, from Hugging Face's ``_no_split_modules``."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    base = getattr(model, "get_base_model", None)  # peft wrappers
-    if not names and base is not None:
-        names = set(getattr(base(), "_no_split_modules", None) or [])
-    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
-    if not classes:
-        raise ValueError(
-            f"cannot find the decoder-layer classes of {type(model).__name__} (no _no_split_modules)"
-        )
-    return classes
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The model's transformer blocks, in order."""
-    classes = tuple(decoder_layer_classes(model))
-    return [m for m in model.modules() if isinstance(m, classes)]
+__all__ = ["decoder_layer_classes", "decoder_layers", "fsdp_strategy"]
 
 
 def fsdp_strategy(model: nn.Module, activation_checkpointing: bool = True, **kwargs: Any):
