@@ -99,7 +99,10 @@ class ExportHF(L.Callback):
         from prefalign.training.guards import check_finite_weights
 
         model = pl_module.model
-        check_finite_weights(trainer, model.named_parameters(), f"the Hugging Face export to {self.dirpath}")
+        # parameter names as in checkpoints (model.<...>), so every non-finite error reads alike
+        check_finite_weights(
+            trainer, pl_module.named_parameters(), f"the Hugging Face export to {self.dirpath}"
+        )
         state_dict = None
         if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -1,0 +1,105 @@
+"""The SSO pipeline on the vLLM backend (issue 13), on CPU: a stand-in ``vllm`` module records what
+the pipeline asks of vLLM — which model folder each iteration serves, the sampling parameters and
+per-prompt seeds of every request — and that each engine is closed before training."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from prefalign.config import config_dir, register_resolvers
+from prefalign.core.jsonl import read_jsonl, write_jsonl
+from prefalign.generation.sampling import row_seed
+from prefalign.models.loading import resolve_model_path
+from prefalign.pipelines.sso import SSOPipeline
+
+EVENTS: list[tuple] = []
+
+
+class StandInLLM:
+    """Stand-in for ``vllm.LLM``: records its settings and requests, answers with fixed tokens."""
+
+    def __init__(self, model, tokenizer, **settings):
+        EVENTS.append(("start", model, settings))
+        self.llm_engine = SimpleNamespace(
+            model_config=SimpleNamespace(max_model_len=settings["max_model_len"] or 2048),
+            shutdown=lambda: EVENTS.append(("shutdown", model)),
+        )
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+        EVENTS.append(("generate", [p["prompt_token_ids"] for p in prompts], sampling_params))
+        answer = SimpleNamespace(text="Answer: 42", token_ids=[7, 8, 9], finish_reason="stop")
+        return [SimpleNamespace(outputs=[answer]) for _ in prompts]
+
+
+def _stand_in_vllm(monkeypatch) -> None:
+    module = ModuleType("vllm")
+    module.LLM = StandInLLM
+    module.SamplingParams = lambda **kwargs: SimpleNamespace(**kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+
+
+def test_each_iteration_serves_the_previous_policy_with_per_prompt_seeds(
+    tmp_path, monkeypatch, session_cache
+):
+    _stand_in_vllm(monkeypatch)
+    EVENTS.clear()
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Add {i} and 3."} for i in range(8)]
+    )
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(
+                config_name="sso",
+                overrides=[
+                    "iterations=2",
+                    f"prompts.path={prompts}",
+                    "sampling.max_new_tokens=16",
+                    "generation=vllm",
+                    "generation.tensor_parallel_size=2",
+                    "generation.max_model_len=8192",
+                    f"work_dir={tmp_path / 'work'}",
+                    f"paths.cache_dir={session_cache}",
+                    "wandb=null",
+                ],
+            )
+            pipeline = SSOPipeline(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+
+    def fit(train_cfg):  # training stand-in: π_i is a copy of π_{i-1}'s Hugging Face folder
+        EVENTS.append(("fit",))
+        previous = resolve_model_path(as_dict(train_cfg.model))
+        shutil.copytree(previous, train_cfg.callbacks.hf_export.dirpath)
+        return {"train/loss": 0.5}
+
+    monkeypatch.setattr(pipeline, "_fit", fit)
+    monkeypatch.setattr("prefalign.pipelines.sso.policy_change", lambda *args: None)
+    pipeline.run()
+
+    starts = [e for e in EVENTS if e[0] == "start"]
+    pi_0 = resolve_model_path(as_dict(cfg.model))
+    assert [Path(s[1]) for s in starts] == [Path(pi_0), tmp_path / "work" / "iter_1" / "policy"]
+    assert all(s[2]["tensor_parallel_size"] == 2 and s[2]["max_model_len"] == 8192 for s in starts)
+    kinds = [e[0] for e in EVENTS]
+    for fit_at in [k for k, kind in enumerate(kinds) if kind == "fit"]:
+        assert kinds[fit_at - 1] == "shutdown"  # the engine frees the GPU before training
+    # the sampling requests of iteration 1: y+ under the good principle, seeded per prompt and role
+    rows = read_jsonl(tmp_path / "work" / "iter_1" / "preferences.jsonl")
+    chosen = [e for e in EVENTS if e[0] == "generate"][1]  # after the allocation request
+    assert [p.seed for p in chosen[2]] == [row_seed(cfg.sampling.seed, f"1/{r['id']}/chosen") for r in rows]
+    assert {(p.temperature, p.top_p, p.max_tokens) for p in chosen[2]} == {(0.7, 0.8, 16)}
+    assert {r["chosen"] for r in rows} == {"Answer: 42"}
+
+
+def as_dict(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
