@@ -52,6 +52,10 @@ def test_each_iteration_serves_the_previous_policy_with_per_prompt_seeds(
     prompts = write_jsonl(
         tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Add {i} and 3."} for i in range(8)]
     )
+    heldout = write_jsonl(
+        tmp_path / "heldout.jsonl",
+        [{"id": "h0", "messages": [{"role": "user", "content": "Add 39 and 3."}], "answer": "42"}],
+    )
     register_resolvers()
     GlobalHydra.instance().clear()
     try:
@@ -68,6 +72,7 @@ def test_each_iteration_serves_the_previous_policy_with_per_prompt_seeds(
                     f"work_dir={tmp_path / 'work'}",
                     f"paths.cache_dir={session_cache}",
                     "wandb=null",
+                    f"heldout={{path: {heldout}, metric: prefalign.worlds.verifiable.exact_match_report}}",
                 ],
             )
             pipeline = SSOPipeline(cfg)
@@ -86,7 +91,11 @@ def test_each_iteration_serves_the_previous_policy_with_per_prompt_seeds(
 
     starts = [e for e in EVENTS if e[0] == "start"]
     pi_0 = resolve_model_path(as_dict(cfg.model))
-    assert [Path(s[1]) for s in starts] == [Path(pi_0), tmp_path / "work" / "iter_1" / "policy"]
+    work = tmp_path / "work"
+    # iteration 1 samples from π_0; its evaluation serves π_0 (initial_heldout) then π_1, which
+    # stays up to sample iteration 2; iteration 2's evaluation serves π_2
+    served = [Path(s[1]) for s in starts]
+    assert served == [Path(pi_0), Path(pi_0), work / "iter_1" / "policy", work / "iter_2" / "policy"]
     assert all(s[2]["tensor_parallel_size"] == 2 and s[2]["max_model_len"] == 8192 for s in starts)
     kinds = [e[0] for e in EVENTS]
     for fit_at in [k for k, kind in enumerate(kinds) if kind == "fit"]:
@@ -97,6 +106,9 @@ def test_each_iteration_serves_the_previous_policy_with_per_prompt_seeds(
     assert [p.seed for p in chosen[2]] == [row_seed(cfg.sampling.seed, f"1/{r['id']}/chosen") for r in rows]
     assert {(p.temperature, p.top_p, p.max_tokens) for p in chosen[2]} == {(0.7, 0.8, 16)}
     assert {r["chosen"] for r in rows} == {"Answer: 42"}
+    # held-out evaluation of π_0 and π_i is answered by the same vLLM engines
+    report = pipeline.stats(1, "evaluate")
+    assert report["initial_heldout/exact_match"] == report["heldout/exact_match"] == 1.0
 
 
 def as_dict(node):

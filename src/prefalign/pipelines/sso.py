@@ -720,21 +720,12 @@ class SSOPipeline:
         return report
 
     def heldout(self, i: int) -> dict[str, float]:
-        """π_i's metric on the ``heldout`` records (:class:`prefalign.training.callbacks.GenerationEval`).
-
-        Uses the generator's Hugging Face model when it has one, else loads π_i for it.
-        """
+        """π_i's metric on the ``heldout`` records (:class:`prefalign.training.callbacks.GenerationEval`),
+        answered by π_i's sampler (the configured backend: HF or vLLM)."""
         from prefalign.training.callbacks import GenerationEval
 
         evaluation = GenerationEval(**OmegaConf.to_container(self.cfg.heldout, resolve=True))
-        generator = self.generator(i)
-        if getattr(generator, "model", None) is not None:
-            model, tokenizer = generator.model, generator.tokenizer
-        else:
-            from prefalign.models.loading import load_model_and_tokenizer
-
-            model, tokenizer = load_model_and_tokenizer(self.policy_model_cfg(i))
-        values, _ = evaluation.evaluate(model, tokenizer)
+        values, _ = evaluation.evaluate_with(self.generator(i))
         return values
 
     # -- driver ------------------------------------------------------------------------------------

@@ -196,10 +196,16 @@ class GenerationEval(L.Callback):
 
     def evaluate(self, model: Any, tokenizer: Any) -> tuple[dict[str, float], list[str]]:
         """The flattened metric of ``model``'s responses to the records, and the responses."""
-        from prefalign.core.chat import prompt_messages
-        from prefalign.generation.sampling import HFGenerator, SamplingConfig
+        from prefalign.generation.sampling import HFGenerator
 
-        generator = HFGenerator(model, tokenizer)
+        return self.evaluate_with(HFGenerator(model, tokenizer))
+
+    def evaluate_with(self, generator: Any) -> tuple[dict[str, float], list[str]]:
+        """:meth:`evaluate` with any sampler (:class:`prefalign.generation.sampling.Generator`,
+        e.g. the SSO pipeline's vLLM engine serving π_i)."""
+        from prefalign.core.chat import prompt_messages
+        from prefalign.generation.sampling import SamplingConfig
+
         conversations = [prompt_messages(r) for r in self.records]
         responses = [g.text for g in generator.generate(conversations, SamplingConfig(**self.sampling))]
         return _flatten(self.metric(self.records, responses)), responses
