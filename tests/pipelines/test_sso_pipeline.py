@@ -24,10 +24,10 @@ ARGS = [
 ]
 
 
-def _run(cwd, cache, *extra):
+def _run(cwd, cache, *extra, args=ARGS):
     env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd), "PREFALIGN_CACHE": cache}
     result = subprocess.run(
-        [sys.executable, "-m", "prefalign.apps.sso", *ARGS, *extra],
+        [sys.executable, "-m", "prefalign.apps.sso", *args, *extra],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -151,23 +151,8 @@ def test_an_iteration_trained_by_two_ddp_ranks_runs_the_pipeline_once(tmp_path, 
     """Lightning's subprocess launcher re-runs ``prefalign-sso`` for rank 1: that rank trains the
     iteration's saved config and exits, it never allocates, samples or writes stage files."""
     train = TRAIN.replace("]", ',"trainer=ddp","trainer.accelerator=cpu","trainer.devices=2"]')
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_ROOT": str(tmp_path),
-        "PREFALIGN_CACHE": session_cache,
-    }
     args = [a for a in ARGS if not a.startswith(("iterations=", "train_overrides="))]
-    result = subprocess.run(
-        [sys.executable, "-m", "prefalign.apps.sso", *args, "iterations=1", f"train_overrides={train}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    out = result.stdout + result.stderr
+    out = _run(tmp_path, session_cache, "iterations=1", f"train_overrides={train}", args=args)
     work = tmp_path / "logs" / "sso" / "default"
     report = json.loads((work / "report.json").read_text())
     assert [r["iteration"] for r in report] == [1]

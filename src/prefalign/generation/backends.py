@@ -51,18 +51,17 @@ def build_generator(
 ) -> HFGenerator | VLLMGenerator:
     """The generator for the ``model`` config on the backend chosen by ``generation.backend``
     (the SSO pipeline's ``generator._target_``: it passes each policy's model config as ``model``)."""
-    model_cfg = model
-    check_generation_config(generation, model_cfg)
+    check_generation_config(generation, model)
     if generation.get("backend", "hf") == "hf":
-        model, tokenizer = load_for_inference(
-            model_cfg, str(generation.get("device", "auto")), setting="generation.device"
+        loaded, tokenizer = load_for_inference(
+            model, str(generation.get("device", "auto")), setting="generation.device"
         )
-        return HFGenerator(model, tokenizer)
-    path = resolve_model_path(model_cfg)
+        return HFGenerator(loaded, tokenizer)
+    path = resolve_model_path(model)
     tokenizer = load_tokenizer(
         path,
-        revision=model_cfg.get("revision"),
-        chat_template=model_cfg.get("chat_template"),
-        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        revision=model.get("revision"),
+        chat_template=model.get("chat_template"),
+        trust_remote_code=bool(model.get("trust_remote_code", False)),
     )
     return VLLMGenerator.from_config(path, tokenizer, generation, seed=seed)

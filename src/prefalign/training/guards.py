@@ -62,12 +62,23 @@ def _any_rank(trainer: L.Trainer, flag: bool, device: torch.device) -> bool:
 
 
 def nonfinite_terms(terms: Mapping[str, Any], ids: list[str]) -> dict[str, str]:
-    """``{term: description}`` for every non-finite term; per-example terms name their samples."""
+    """``{term: description}`` for every non-finite term; per-example terms name their samples.
+
+    Called every step: all terms are checked in one reduction (one host sync); they are looked at
+    one by one only when something is non-finite.
+    """
+    tensors = {
+        name: value.detach().float()
+        for name, value in terms.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point()
+    }
+    if not tensors:
+        return {}
+    device = next(iter(tensors.values())).device
+    if bool(torch.stack([torch.isfinite(v).all().to(device) for v in tensors.values()]).all()):
+        return {}
     found: dict[str, str] = {}
-    for name, value in terms.items():
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            continue
-        value = value.detach().float()
+    for name, value in tensors.items():
         bad = ~torch.isfinite(value)
         if not bool(bad.any()):
             continue
