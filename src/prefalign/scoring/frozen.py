@@ -53,15 +53,15 @@ def cached_or_scored(
 ) -> ScoreTable:
     """The scores of ``model_cfg`` on ``conversations``: cached -> load; ``score_missing`` -> score
     now (and cache); else a :class:`ScoreCacheError` naming ``what`` is missing and ``to_run``."""
-    folder, finished = find_cached_scores(conversations, model_cfg, max_length, cache_dir)
-    if finished:
-        return load_score_table(folder)
     if not score_missing:
-        raise ScoreCacheError(
-            f"{source}: no cached {what} for this data (max_length={max_length}, expected at {folder}). "
-            f"{to_run}"
-        )
-    return score_conversations(
+        folder, finished = find_cached_scores(conversations, model_cfg, max_length, cache_dir)
+        if not finished:
+            raise ScoreCacheError(
+                f"{source}: no cached {what} for this data (max_length={max_length}, expected at {folder}). "
+                f"{to_run}"
+            )
+        return load_score_table(folder)
+    return score_conversations(  # a finished cache is loaded there
         conversations,
         model_cfg,
         max_length=max_length,
