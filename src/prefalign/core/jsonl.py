@@ -3,15 +3,17 @@
 Records are separated by ``\\n`` only: a JSON string may hold U+2028, U+0085 or a form feed (which
 ``str.splitlines`` would split on) and still be read back. Writes are atomic: a temporary file in
 the same folder, then a rename, so a killed writer never leaves a truncated file under the final
-name.
+name. Folders (model exports, ``save_to_disk`` datasets) are written the same way
+(:func:`atomic_folder`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -96,3 +98,35 @@ def write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
     with atomic_write(path) as f:
         json.dump(value, f, indent=indent, default=str, ensure_ascii=False)
     return Path(path)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, keep: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``path``; when the block succeeds it replaces ``path``
+    (an existing folder is moved aside first and removed after), when it fails it is removed.
+
+    Args:
+        keep: glob patterns of entries of the existing folder that are carried over into the new
+            one (unless the new one has an entry of that name), e.g. ``("epoch_*",)`` keeps the
+            per-epoch exports inside a run's final export folder. Should moving them fail, the
+            old folder stays beside ``path`` (``.<name>.*.old``) rather than being removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            for pattern in keep:
+                for entry in sorted((old / path.name).glob(pattern)):
+                    if not (path / entry.name).exists():
+                        os.replace(entry, path / entry.name)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

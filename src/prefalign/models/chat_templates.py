@@ -9,6 +9,7 @@ with the tokens it prints.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -125,3 +126,52 @@ def get_template(name: str) -> ChatTemplate:
         return TEMPLATES[name]
     except KeyError:
         raise KeyError(f"unknown chat template {name!r}; known: {sorted(TEMPLATES)}") from None
+
+
+_SENTINEL = "PREFALIGN_END_OF_TURN_PROBE"
+
+
+def end_of_turn_token(tokenizer: Any) -> str | None:
+    """The special token the tokenizer's chat template prints right after an assistant turn's text
+    (``<|eot_id|>`` for Llama-3, ``<|im_end|>`` for ChatML, ``</s>`` for Zephyr / Mistral), found
+    by rendering a one-exchange conversation; ``None`` when the template prints no special token
+    there (or cannot render a user/assistant exchange).
+
+    This is the token a model trained with the template emits to end its answer, whatever the
+    tokenizer's ``eos_token`` is (a Jinja override may print a token other than the EOS).
+    """
+    conversation = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": _SENTINEL},
+    ]
+    try:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses this exchange: no end-of-turn known
+        return None
+    if not isinstance(text, str) or _SENTINEL not in text:
+        return None
+    after = text.split(_SENTINEL, 1)[1]
+    special = sorted(
+        {str(t) for t in tokenizer.all_special_tokens} | set(getattr(tokenizer, "added_tokens_encoder", {})),
+        key=len,
+        reverse=True,
+    )
+    return next((token for token in special if token and after.startswith(token)), None)
+
+
+def end_of_turn_ids(tokenizer: Any, eos_token_id: int | list[int] | None = None) -> list[int]:
+    """The ids that end a generated answer: ``eos_token_id`` (e.g. the model's own
+    ``generation_config.eos_token_id``, an int or a list), the tokenizer's EOS and the chat
+    template's end-of-turn token (:func:`end_of_turn_token`), without repeats, in that order.
+
+    With a chat template override (``model.chat_template=llama3`` on a base Llama-3) the model's
+    EOS (``<|end_of_text|>``) and the template's end-of-turn (``<|eot_id|>``) differ: both stop
+    generation.
+    """
+    given = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+    ids = [int(i) for i in given]
+    ids.append(tokenizer.eos_token_id)
+    token = end_of_turn_token(tokenizer)
+    if token is not None:
+        ids.append(tokenizer.convert_tokens_to_ids(token))
+    return [i for i in dict.fromkeys(ids) if i is not None]

@@ -82,27 +82,64 @@ class MetricHistograms(L.Callback):
 
 
 class ExportHF(L.Callback):
-    """Writes the trained model (and the data module's tokenizer) in Hugging Face format at the end of fit.
+    """Writes the trained model (and the data module's tokenizer) in Hugging Face format at the end
+    of fit, and with ``every_n_epochs`` also after every n-th epoch.
 
-    The export is written to a temporary folder beside ``dirpath`` and renamed when complete, and
-    only from finite weights (:func:`prefalign.training.guards.check_finite_weights`).
-    The folder loads with ``model=hf model.name_or_path=<dirpath>``: the next stage of a pipeline
-    (the next SSO iteration's policy and reference, PoFT -> DPO) starts from it. Sharded models
-    (FSDP, FSDP2) are gathered into a full state dict first, on CPU.
+    Layout (:func:`prefalign.training.checkpointing.write_hf_export`)::
+
+        <dirpath>/                 the final model: AutoModelForCausalLM / vLLM / lm-eval load it
+        <dirpath>/adapter/         LoRA runs only: the adapter alone (<dirpath>/ holds it merged)
+        <dirpath>/epoch_<e>/       every_n_epochs > 0: the model after epoch e (same layout); e is
+                                   0-based like the checkpoints, epoch_000 = checkpoints/epoch_000.ckpt
+
+    Every folder is written to a temporary folder beside it and renamed when complete (the final
+    export keeps the ``epoch_*`` folders already there), only from finite weights
+    (:func:`prefalign.training.guards.check_finite_weights`), by global rank 0 (under DDP); sharded
+    models (FSDP, FSDP2) are gathered into a full state dict on the CPU first, on every rank.
+    ``generation_config.json`` stops generation at the chat template's end-of-turn token as well
+    as at the model's EOS. The folder loads with ``model=hf model.name_or_path=<dirpath>``: the next
+    stage of a pipeline (the next SSO iteration's policy and reference, PoFT -> DPO) starts from it.
+
+    Args:
+        dirpath: the final export's folder (the run's ``hf/``).
+        every_n_epochs: also export after every n-th training epoch to ``<dirpath>/epoch_<e>``
+            (0: the final export only).
     """
 
-    def __init__(self, dirpath: str) -> None:
+    def __init__(self, dirpath: str, every_n_epochs: int = 0) -> None:
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
+            raise ValueError(
+                f"callbacks.hf_export.every_n_epochs must be an integer >= 0 (0: final export only), "
+                f"got {every_n_epochs!r}"
+            )
         self.dirpath = dirpath
+        self.every_n_epochs = every_n_epochs
+
+    def epoch_dirpath(self, epoch: int) -> Path:
+        """Where the export after (0-based) ``epoch`` goes: ``<dirpath>/epoch_<epoch:03d>``."""
+        return Path(self.dirpath) / f"epoch_{epoch:03d}"
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.every_n_epochs or trainer.sanity_checking:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self.export(trainer, pl_module, self.epoch_dirpath(trainer.current_epoch))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from prefalign.training.checkpointing import atomic_folder
+        self.export(trainer, pl_module, Path(self.dirpath), keep=("epoch_*",))
+
+    def export(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, dirpath: Path, keep: tuple[str, ...] = ()
+    ) -> None:
+        """Write the model to ``dirpath`` (called on every rank: the finiteness check and the
+        gathering of shards are collective; rank 0 writes)."""
+        from prefalign.training.checkpointing import atomic_folder, write_hf_export
         from prefalign.training.guards import check_finite_weights
 
         model = pl_module.model
         # parameter names as in checkpoints (model.<...>), so every non-finite error reads alike
-        check_finite_weights(
-            trainer, pl_module.named_parameters(), f"the Hugging Face export to {self.dirpath}"
-        )
+        check_finite_weights(trainer, pl_module.named_parameters(), f"the Hugging Face export to {dirpath}")
         state_dict = None
         if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -111,12 +148,9 @@ class ExportHF(L.Callback):
                 model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         if trainer.is_global_zero:
-            with atomic_folder(self.dirpath) as tmp:  # never half an export under the final name
-                model.save_pretrained(tmp, state_dict=state_dict)
-                tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(tmp)
-            log.info("exported the trained model to %s", self.dirpath)
+            with atomic_folder(dirpath, keep=keep) as tmp:  # never half an export under the final name
+                write_hf_export(model, getattr(trainer.datamodule, "tokenizer", None), tmp, state_dict)
+            log.info("exported the model to %s", dirpath)
         trainer.strategy.barrier()
 
 

@@ -6,16 +6,16 @@ Lightning's own writer serialises the whole checkpoint into memory and, through 
 to the system temporary folder before moving it; across file systems that move is a copy into
 the final name, which a full disk truncates. Here the temporary file is in the checkpoint's own
 folder (same file system: ``os.replace`` is atomic) and ``torch.save`` streams into it.
+
+Hugging Face exports (:func:`write_hf_export`: full model, merged LoRA plus its adapter, the
+tokenizer, a generation config that stops at the chat template's end-of-turn token) are written
+into an :func:`atomic_folder` (:mod:`prefalign.core.jsonl`, re-exported here).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,18 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from prefalign.core.jsonl import atomic_write
+from prefalign.core.jsonl import atomic_folder, atomic_write
 
 log = logging.getLogger(__name__)
+__all__ = [
+    "AtomicCheckpointIO",
+    "AtomicCheckpoints",
+    "atomic_folder",
+    "atomic_write",
+    "is_peft_model",
+    "merged_lora_copy",
+    "write_hf_export",
+]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -60,22 +69,80 @@ class AtomicCheckpoints(L.Callback):
             log.warning("checkpoint IO %s is custom: checkpoints are written by it, not atomically", current)
 
 
-@contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``path``; when the block succeeds it replaces ``path``
-    (an existing folder is moved aside first and removed after), when it fails it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def is_peft_model(model: Any) -> bool:
+    """Whether ``model`` is a peft model (a LoRA adapter on a frozen base)."""
+    return callable(getattr(model, "merge_and_unload", None)) and hasattr(model, "peft_config")
+
+
+def merged_lora_copy(model: Any, state_dict: dict[str, torch.Tensor] | None = None) -> Any:
+    """A CPU copy of the peft ``model`` with its active adapter merged into the base weights
+    (peft's ``merge_and_unload``); ``model`` itself is not changed.
+
+    Args:
+        state_dict: the peft model's full state dict (gathered from the shards under FSDP / FSDP2);
+            ``None`` reads ``model.state_dict()``. Its tensors are copied to the CPU, loaded into a
+            skeleton of the base model (built on the meta device, so no second random
+            initialisation is paid) wrapped with the same adapter config, and merged there.
+    """
+    from peft import get_peft_model
+
+    if state_dict is None:
+        state_dict = model.state_dict()
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+    base = model.get_base_model()
+    adapter = model.active_adapter
+    with torch.device("meta"):
+        skeleton = type(base)(base.config)
+    wrapped = get_peft_model(skeleton, copy.deepcopy(model.peft_config[adapter]), adapter_name=adapter)
+    wrapped.load_state_dict(weights, strict=True, assign=True)
+    if getattr(base.config, "tie_word_embeddings", False):
+        skeleton.tie_weights()  # assign=True loaded the tied head as a tensor of its own
+    merged = wrapped.merge_and_unload()
+    if getattr(base, "generation_config", None) is not None:
+        merged.generation_config = copy.deepcopy(base.generation_config)
+    return merged
+
+
+def write_hf_export(
+    model: Any,
+    tokenizer: Any,
+    folder: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write ``model`` (and ``tokenizer``) in Hugging Face format into ``folder`` (an empty folder:
+    the temporary one of :func:`atomic_folder`).
+
+    Layout: ``folder/`` holds a full model that ``AutoModelForCausalLM.from_pretrained`` (vLLM,
+    lm-eval) loads, with the tokenizer. A LoRA (peft) model is written merged there (adapter
+    merged into a copy of the base, :func:`merged_lora_copy`), and its adapter alone goes to
+    ``folder/adapter/`` (``PeftModel.from_pretrained(base, folder/adapter)``, with the tokenizer too).
+    The ``generation_config.json`` of a causal LM lists as ``eos_token_id`` the model's own EOS, the
+    tokenizer's EOS and the chat template's end-of-turn token
+    (:func:`prefalign.models.chat_templates.end_of_turn_ids`), so ``generate()`` stops at the end
+    of an answer also when the chat template was overridden (``model.chat_template``).
+
+    Args:
+        state_dict: the full state dict to write (gathered from FSDP / FSDP2 shards); ``None``: the
+            model's own weights.
+    """
+    from prefalign.models.chat_templates import end_of_turn_ids
+
+    folder = Path(folder)
+    if is_peft_model(model):
+        model.save_pretrained(folder / "adapter", state_dict=state_dict)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder / "adapter")
+        full = merged_lora_copy(model, state_dict)
+        full.save_pretrained(folder)
+    else:
+        full = model
+        model.save_pretrained(folder, state_dict=state_dict)
+    if tokenizer is None:
+        return
+    tokenizer.save_pretrained(folder)
+    generation = getattr(full, "generation_config", None)
+    if generation is not None and (folder / "generation_config.json").exists():
+        generation = copy.deepcopy(generation)
+        ids = end_of_turn_ids(tokenizer, generation.eos_token_id)
+        generation.eos_token_id = ids[0] if len(ids) == 1 else ids
+        generation.save_pretrained(folder)

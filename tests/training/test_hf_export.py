@@ -1,0 +1,123 @@
+"""Hugging Face exports of a training run: every epoch (``hf/epoch_<e>``), the final model, a LoRA
+run's merged model beside its adapter, and a ``generation_config`` that stops ``generate()`` at
+the chat template's end-of-turn token when the template is overridden.
+
+The tiny model is built with the Zephyr template (EOS ``</s>``) and trained with the Llama-3
+template as override (end of turn ``<|eot_id|>``), as a base Llama-3 is fine-tuned with its chat
+template: a ``generation_config`` that kept only the model's own EOS would not stop at the end of
+the answer. The run memorises one short answer, so greedy decoding emits ``<|eot_id|>`` after it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prefalign.core.jsonl import write_jsonl
+from prefalign.training.callbacks import ExportHF
+from prefalign.training.run import run_task, train
+
+ANSWER = "ok"  # memorised by the run
+PROMPT = [{"role": "user", "content": "hi"}]
+MAX_NEW_TOKENS = 24
+
+
+def _data(tmp_path: Path) -> Path:
+    conversation = [*PROMPT, {"role": "assistant", "content": ANSWER}]
+    return write_jsonl(
+        tmp_path / "one_answer.jsonl", ({"id": f"s{i}", "messages": conversation} for i in range(128))
+    )
+
+
+def _run(compose_train, tmp_path, *overrides, output="run"):
+    data = _data(tmp_path)
+    cfg = compose_train(
+        [
+            "model.tiny.template=zephyr",
+            "model.chat_template=llama3",
+            f"data.train.path={data}",
+            f"data.val.path={data}",
+            "data.train.limit=null",
+            "data.val.limit=8",
+            "logger=csv",
+            "callbacks.model_checkpoint=null",
+            "callbacks.hf_export.every_n_epochs=1",
+            *overrides,
+        ],
+        output=output,
+    )
+    run_task(train, cfg)
+    return Path(cfg.paths.output_dir) / "hf"
+
+
+def _greedy(model, tokenizer, **kwargs) -> list[int]:
+    """The greedy answer's new token ids to PROMPT."""
+    input_ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt")
+    if not isinstance(input_ids, torch.Tensor):  # transformers 5 returns a BatchEncoding
+        input_ids = input_ids["input_ids"]
+    with torch.no_grad():
+        out = model.generate(input_ids, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, **kwargs)
+    return out[0, input_ids.shape[1] :].tolist()
+
+
+def _assert_stops_at_the_end_of_turn(folder: Path) -> None:
+    """The export in ``folder``, loaded as any HF user would, answers PROMPT and stops at
+    ``<|eot_id|>``; with only the model's own EOS it would have run on."""
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    eot, eos = tokenizer.convert_tokens_to_ids("<|eot_id|>"), tokenizer.convert_tokens_to_ids("</s>")
+    assert tokenizer.eos_token == "<|eot_id|>"
+    # the model's own EOS (</s>) and the template's end of turn both stop generation
+    assert model.generation_config.eos_token_id == [eos, eot]
+    new = _greedy(model, tokenizer)
+    assert new[-1] == eot, f"{folder}: generation did not end at <|eot_id|>: {tokenizer.decode(new)!r}"
+    assert 1 < len(new) < MAX_NEW_TOKENS  # an answer, then the end of turn
+    # control: the generation config of the model alone (</s>) does not stop there
+    assert len(_greedy(model, tokenizer, eos_token_id=eos)) > len(new)
+
+
+@pytest.mark.slow
+def test_every_epoch_and_the_final_export_load_and_stop_at_the_end_of_turn(compose_train, tmp_path):
+    hf = _run(compose_train, tmp_path, "trainer.max_epochs=2", "optimizer.lr=3e-2")
+    assert sorted(p.name for p in hf.iterdir() if p.is_dir()) == ["epoch_000", "epoch_001"]
+    for folder in (hf / "epoch_000", hf / "epoch_001", hf):
+        assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+        _assert_stops_at_the_end_of_turn(folder)
+    # the final export is the model after the last epoch
+    last = AutoModelForCausalLM.from_pretrained(hf / "epoch_001").state_dict()
+    for name, tensor in AutoModelForCausalLM.from_pretrained(hf).state_dict().items():
+        torch.testing.assert_close(tensor, last[name], rtol=0, atol=0, msg=name)
+    assert not [p for p in tmp_path.rglob(".*tmp")]  # no temporary folder left behind
+
+
+@pytest.mark.slow
+def test_lora_run_exports_the_merged_model_beside_its_adapter(compose_train, tmp_path):
+    from peft import PeftModel
+
+    lora = "{r: 8, lora_alpha: 16, lora_dropout: 0.0, target_modules: all-linear}"
+    hf = _run(compose_train, tmp_path, "trainer.max_epochs=2", "optimizer.lr=3e-2", f"model.lora={lora}")
+    for folder in (hf / "epoch_001", hf):
+        assert (folder / "adapter" / "adapter_config.json").exists()
+        assert not (folder / "adapter_config.json").exists()  # the top folder is a plain model
+        _assert_stops_at_the_end_of_turn(folder)
+    # the adapter on its base gives the merged model's logits
+    merged = AutoModelForCausalLM.from_pretrained(hf).eval()
+    config = json.loads((hf / "adapter" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]).eval()
+    ids = torch.tensor([[5, 40, 41, 42, 9]])
+    with torch.no_grad():
+        before = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, hf / "adapter").eval()  # wraps `base` in place
+        torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, rtol=1e-4, atol=1e-4)
+        # and the adapter did train: the merged model is not the base
+        assert (before - merged(ids).logits).abs().max() > 1e-3
+
+
+def test_every_n_epochs_must_be_a_non_negative_integer():
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        ExportHF("hf", every_n_epochs=-1)
+    assert ExportHF("hf", every_n_epochs=2).epoch_dirpath(4) == Path("hf") / "epoch_004"
