@@ -128,3 +128,33 @@ def test_build_offline_refuses_a_run_whose_recorded_preferences_are_missing_or_c
     first.write_text("".join(first.read_text().splitlines(keepends=True)[:2]))
     with pytest.raises(DataError, match=r"iter_1/preferences.jsonl has 2 rows, the stage wrote 4"):
         read_pairs(pattern)
+
+
+def test_the_built_dataset_is_also_written_in_trl_conversational_format(tmp_path):
+    import datasets
+    from omegaconf import OmegaConf
+
+    from prefalign.apps.build_offline import build
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({**r, "feature": f"f{k}"}) + "\n" for k, r in enumerate(ROWS)))
+    output = tmp_path / "out" / "offline_pairs.jsonl"
+    cfg = OmegaConf.create(
+        {"inputs": [str(pairs)], "output": str(output), "judges": [], "max_char_diff": 3000}
+        | {"remove_unsure": True, "seed": 0}
+    )
+    summary = build(cfg)
+    kept = [json.loads(line) for line in output.read_text().splitlines()]
+    hf, trl = output.with_name("offline_pairs.hf"), output.with_name("offline_pairs.trl.jsonl")
+    assert summary["exports"] == {"hf": str(hf), "jsonl": str(trl)}
+    for ds in (
+        datasets.load_from_disk(str(hf)),
+        datasets.load_dataset("json", data_files=str(trl), split="train"),
+    ):
+        assert ds["id"] == [r["id"] for r in kept] and len(kept) > 1
+        assert set(ds.column_names) == {"id", "prompt", "chosen", "rejected", "feature"}
+        for row, pair in zip(ds, kept, strict=True):
+            assert row["prompt"] == [{"role": "user", "content": pair["prompt"]}]
+            assert row["chosen"] == [{"role": "assistant", "content": pair["chosen"]}]
+            assert row["rejected"] == [{"role": "assistant", "content": pair["rejected"]}]
+            assert row["feature"] == pair["feature"]

@@ -62,7 +62,8 @@ def read_pairs(patterns: list[str]) -> list[dict]:
 
 def build(cfg: DictConfig) -> dict:
     """Build the dataset; returns the report (also written next to the output)."""
-    from prefalign.data.offline_builder import build_offline_dataset  # not for --help / --cfg job
+    from prefalign.data.hf_datasets import export_preferences  # not for --help / --cfg job
+    from prefalign.data.offline_builder import build_offline_dataset
 
     rows = read_pairs(list(cfg.inputs))
     judges = [hydra.utils.instantiate(j) for j in cfg.judges]
@@ -71,12 +72,14 @@ def build(cfg: DictConfig) -> dict:
     )
     output = Path(cfg.output)
     write_jsonl(output, kept)
+    exports = export_preferences(output, kept)  # TRL's conversational format, beside the output
     summary = {
         "remaining": report.remaining,
         "dropped": dict(report.drops.counts),
         "judges": len(judges),
         "inputs": OmegaConf.to_container(cfg.inputs, resolve=True),
         "output": str(output),
+        "exports": {fmt: str(path) for fmt, path in exports.items()},
     }
     write_json(output.with_suffix(".report.json"), summary)
     log.info("kept %d of %d pairs -> %s; %s", len(kept), len(rows), output, report.drops.summary("removed"))

@@ -48,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.core.errors import ConfigError, DataError, DropReport
 from prefalign.core.jsonl import read_jsonl, write_json, write_jsonl
+from prefalign.data.hf_datasets import export_preferences
 from prefalign.data.records import load_raw
 from prefalign.generation.principles import (
     AllocationStats,
@@ -642,6 +643,8 @@ class SSOPipeline:
             raise DataError(f"iteration {i}: every generation was empty ({drops.summary('samples')})")
         if world()[0] == 0:
             write_jsonl(self.iteration_dir(i) / "preferences.jsonl", rows)
+            # the same pairs in TRL's conversational format: preferences.hf/, preferences.trl.jsonl
+            export_preferences(self.iteration_dir(i) / "preferences.jsonl", rows)
         new_tokens = sum(r["chosen_tokens"] + r["rejected_tokens"] + r["original_tokens"] for r in rows)
         return {
             "samples": len(rows),
