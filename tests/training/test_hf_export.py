@@ -96,28 +96,93 @@ def test_every_epoch_and_the_final_export_load_and_stop_at_the_end_of_turn(compo
 
 @pytest.mark.slow
 def test_lora_run_exports_the_merged_model_beside_its_adapter(compose_train, tmp_path):
-    from peft import PeftModel
-
     lora = "{r: 8, lora_alpha: 16, lora_dropout: 0.0, target_modules: all-linear}"
     hf = _run(compose_train, tmp_path, "trainer.max_epochs=2", "optimizer.lr=3e-2", f"model.lora={lora}")
     for folder in (hf / "epoch_001", hf):
         assert (folder / "adapter" / "adapter_config.json").exists()
         assert not (folder / "adapter_config.json").exists()  # the top folder is a plain model
         _assert_stops_at_the_end_of_turn(folder)
-    # the adapter on its base gives the merged model's logits
-    merged = AutoModelForCausalLM.from_pretrained(hf).eval()
-    config = json.loads((hf / "adapter" / "adapter_config.json").read_text())
-    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]).eval()
-    ids = torch.tensor([[5, 40, 41, 42, 9]])
-    with torch.no_grad():
-        before = base(ids).logits
-        adapted = PeftModel.from_pretrained(base, hf / "adapter").eval()  # wraps `base` in place
-        torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, rtol=1e-4, atol=1e-4)
-        # and the adapter did train: the merged model is not the base
-        assert (before - merged(ids).logits).abs().max() > 1e-3
+    _adapter_matches_merged(hf)  # the adapter on its base gives the merged model's logits
 
 
 def test_every_n_epochs_must_be_a_non_negative_integer():
     with pytest.raises(ValueError, match="every_n_epochs"):
         ExportHF("hf", every_n_epochs=-1)
     assert ExportHF("hf", every_n_epochs=2).epoch_dirpath(4) == Path("hf") / "epoch_004"
+
+
+def _adapter_matches_merged(folder: Path) -> None:
+    """The adapter in ``folder/adapter`` on its base gives the logits of the merged model in
+    ``folder``, and moved the base."""
+    from peft import PeftModel
+
+    merged = AutoModelForCausalLM.from_pretrained(folder).eval()
+    config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]).eval()
+    ids = torch.tensor([[5, 40, 41, 42, 9]])
+    with torch.no_grad():
+        before = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, folder / "adapter").eval()  # wraps `base` in place
+        torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, rtol=1e-4, atol=1e-4)
+        assert (before - merged(ids).logits).abs().max() > 1e-5  # the adapter trained
+
+
+@pytest.mark.distributed
+def test_two_process_ddp_exports_every_epoch_from_rank_zero(compose_train, tmp_path):
+    cfg = compose_train(
+        [
+            "trainer=ddp",
+            "trainer.strategy=ddp_spawn",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_epochs=2",
+            "logger=csv",
+            "callbacks.hf_export.every_n_epochs=1",
+            "model.chat_template=llama3",
+        ]
+    )
+    run_task(train, cfg)
+    hf = Path(cfg.paths.output_dir) / "hf"
+    assert sorted(p.name for p in hf.iterdir() if p.is_dir()) == ["epoch_000", "epoch_001"]
+    last = AutoModelForCausalLM.from_pretrained(hf / "epoch_001").state_dict()
+    final = AutoModelForCausalLM.from_pretrained(hf)
+    for name, tensor in final.state_dict().items():
+        torch.testing.assert_close(tensor, last[name], rtol=0, atol=0, msg=name)
+    eot = AutoTokenizer.from_pretrained(hf).convert_tokens_to_ids("<|eot_id|>")
+    assert eot in final.generation_config.eos_token_id  # chatml tiny model, llama3 template
+    assert not [p for p in Path(cfg.paths.output_dir).rglob(".*") if p.name.startswith(".hf")]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_process_fsdp2_lora_run_exports_merged_models_gathered_from_the_shards(
+    tmp_path, session_cache, run_app
+):
+    lora = "{r: 4, lora_alpha: 8, lora_dropout: 0.0, target_modules: [q_proj, v_proj]}"
+    result = run_app(
+        "prefalign.apps.train",
+        [
+            "trainer=fsdp2",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "data.train.limit=32",
+            "data.val.limit=16",
+            "data.batch_size=8",
+            "callbacks.progress_bar=null",
+            "callbacks.model_checkpoint=null",
+            "logger=csv",
+            "trainer.max_epochs=2",
+            "callbacks.hf_export.every_n_epochs=1",
+            f"model.lora={lora}",
+            f"paths.cache_dir={session_cache}",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+        OMP_NUM_THREADS="1",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    hf = tmp_path / "run" / "hf"
+    assert sorted(p.name for p in hf.iterdir() if p.is_dir()) == ["adapter", "epoch_000", "epoch_001"]
+    for folder in (hf / "epoch_000", hf):
+        assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["target_modules"]
+        _adapter_matches_merged(folder)

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -234,9 +234,19 @@ def load_causal_lm(
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
-            model, LoraConfig(task_type="SEQ_CLS" if head == "reward" else "CAUSAL_LM", **dict(lora))
+            model, LoraConfig(task_type="SEQ_CLS" if head == "reward" else "CAUSAL_LM", **_plain(lora))
         )
     return model
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping a dict and every sequence a list (a config's ``DictConfig`` /
+    ``ListConfig`` inside peft's ``LoraConfig`` would not serialise into ``adapter_config.json``)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
