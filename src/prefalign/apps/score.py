@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 
 import hydra
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.config import config_dir, register_resolvers
@@ -34,6 +33,8 @@ register_resolvers()
 def score(cfg: DictConfig) -> list[dict]:
     """Score every requested split with every member the aggregation uses; return a summary row each (every rank)."""
     # imported here, not at the top: the app's --help / --cfg job never load torch or datasets
+    import torch.distributed as dist
+
     from prefalign.data.datamodule import DataSource, load_conversations
     from prefalign.data.hf_datasets import FORMATS
     from prefalign.data.records import ColumnMap
