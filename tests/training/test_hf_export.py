@@ -127,6 +127,7 @@ def _adapter_matches_merged(folder: Path) -> None:
         assert (before - merged(ids).logits).abs().max() > 1e-5  # the adapter trained
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_process_ddp_exports_every_epoch_from_rank_zero(compose_train, tmp_path):
     cfg = compose_train(
