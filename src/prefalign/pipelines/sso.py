@@ -24,6 +24,13 @@ rerun checks each finished stage against them: all equal, the stage is skipped; 
 stops with a :class:`ResumeError` naming the file or setting that differs, unless
 ``resume.force=true``, which redoes that stage and every later one.
 
+**Several ranks.** In a ``torch.distributed`` process group (``prefalign-sso`` started by torchrun
+or ``srun`` initialises one), every rank runs the pipeline: allocation, sampling, held-out
+evaluation and the judge share the prompts across the ranks and gather the results (per-prompt
+seeds make them equal to one process's), rank 0 alone writes the stage files, markers, report and
+the pipeline's W&B run, and each iteration's fit runs on the same ranks, so its ``trainer.devices``
+x ``trainer.num_nodes`` must equal the world size (checked when :meth:`SSOPipeline.run` starts).
+
 Every iteration's training config is composed and validated when the pipeline is built, before
 any model is loaded, so a typo in ``objective_overrides`` / ``train_overrides`` fails at once. After
 training, a policy with non-finite weights or non-finite train metrics stops the run before anything
