@@ -220,6 +220,24 @@ def test_a_position_at_the_epoch_end_resumes_with_the_next_epoch_on_any_number_o
         assert dealt == list(every)[: len(dealt)]
 
 
+def test_a_state_restored_after_the_loader_was_built_has_the_loader_built_again():
+    """FSDP2 / FSDP restore after ``configure_optimizers``, whose ``estimated_stepping_batches``
+    already built (and began iterating) the training loader in epoch 0's order: the data module
+    drops it, and the loader Lightning builds next resumes at the saved position."""
+    from types import SimpleNamespace
+
+    from prefalign.data.batching import ResumableTrainOrder
+
+    module = ResumableTrainOrder()
+    module.trainer = SimpleNamespace(fit_loop=SimpleNamespace(_combined_loader=object()))
+    module.track_train_sampler(LengthGroupedBatchSampler(LENGTHS, 8, seed=2, rank=1, world_size=2))
+    written = LengthGroupedBatchSampler(LENGTHS, 8, seed=2, rank=1, world_size=2)
+    module.load_state_dict({"train_order": written.position(3)})  # mid-epoch 0
+    assert module.trainer.fit_loop._combined_loader is None  # Lightning builds the loader again
+    rebuilt = module.track_train_sampler(LengthGroupedBatchSampler(LENGTHS, 8, seed=2, rank=1, world_size=2))
+    assert list(rebuilt) == list(written)[3:]  # the rest of epoch 0 on this rank
+
+
 @pytest.mark.parametrize(("world", "batch_size"), [(1, 8), (4, 8), (2, 4)])
 def test_a_mid_epoch_position_of_another_world_or_batch_size_is_a_clear_error(world, batch_size):
     written = LengthGroupedBatchSampler(LENGTHS, 8, seed=2, rank=0, world_size=2)

@@ -9,6 +9,14 @@ Examples::
 An iteration that trains on several devices (``train_overrides=[trainer=ddp,trainer.devices=N]``)
 has Lightning start ranks 1..N-1 by re-running this program: those ranks train the iteration's
 saved ``train`` config and exit (:mod:`prefalign.training.launch`), they never run the pipeline.
+
+Started on every rank by torchrun or ``srun``, every process runs the pipeline in one process group
+(NCCL on GPUs, gloo on CPU; :func:`prefalign.training.launch.launched_process_group`): generation
+is shared across the ranks, rank 0 writes the files, and each iteration's fit uses the same ranks,
+so its ``train_overrides`` must ask for them::
+
+    torchrun --nproc_per_node 8 -m prefalign.apps.sso sso_experiment=sso_table1 \
+        'train_overrides=[...,trainer=fsdp,trainer.devices=8]'
 """
 
 from __future__ import annotations
@@ -17,17 +25,18 @@ import hydra
 from omegaconf import DictConfig
 
 from prefalign.config import config_dir, register_resolvers
-from prefalign.training.launch import child_train_config
+from prefalign.training.launch import child_train_config, launched_process_group
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sso")
 def job(cfg: DictConfig) -> None:
-    """The pipeline, as one Hydra job."""
+    """The pipeline, as one Hydra job (on every rank under torchrun / srun)."""
     from prefalign.pipelines.sso import SSOPipeline  # torch and Lightning: not for --help / --cfg
 
-    SSOPipeline(cfg).run()
+    with launched_process_group():
+        SSOPipeline(cfg).run()
 
 
 def main() -> None:

@@ -185,8 +185,20 @@ class ResumableTrainOrder:
         return {"train_order": self._train_sampler.position(consumed)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Keep the saved position for the training sampler built next."""
+        """Keep the saved position for the training sampler built next.
+
+        Strategies that restore a checkpoint after their setup (``ModelParallelStrategy`` / FSDP2,
+        FSDP, DeepSpeed) run ``configure_optimizers`` first, and its
+        ``trainer.estimated_stepping_batches`` builds the training loader and starts iterating it
+        in epoch 0's order before this state arrives; that loader is then dropped, so Lightning
+        builds it again with the saved position (without this, such a resume trained on another
+        order than the unbroken run).
+        """
         self._resume_position = state_dict.get("train_order")
+        trainer = getattr(self, "trainer", None)
+        if self._resume_position is not None and self._train_sampler is not None and trainer is not None:
+            trainer.fit_loop._combined_loader = None  # Lightning's own "not built yet" state
+            self._train_sampler = None
         if self._resume_position is not None:
             # Lightning looks for a stateful DataLoader and, finding none, warns that a mid-epoch
             # resume is unreliable; the order is restored here instead.

@@ -24,6 +24,13 @@ rerun checks each finished stage against them: all equal, the stage is skipped; 
 stops with a :class:`ResumeError` naming the file or setting that differs, unless
 ``resume.force=true``, which redoes that stage and every later one.
 
+**Several ranks.** In a ``torch.distributed`` process group (``prefalign-sso`` started by torchrun
+or ``srun`` initialises one), every rank runs the pipeline: allocation, sampling, held-out
+evaluation and the judge share the prompts across the ranks and gather the results (per-prompt
+seeds make them equal to one process's), rank 0 alone writes the stage files, markers, report and
+the pipeline's W&B run, and each iteration's fit runs on the same ranks, so its ``trainer.devices``
+x ``trainer.num_nodes`` must equal the world size (checked when :meth:`SSOPipeline.run` starts).
+
 Every iteration's training config is composed and validated when the pipeline is built, before
 any model is loaded, so a typo in ``objective_overrides`` / ``train_overrides`` fails at once. After
 training, a policy with non-finite weights or non-finite train metrics stops the run before anything
@@ -272,40 +279,80 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def shard_map(fn: Any, items: list) -> list:
+    """``fn(items)`` (a function of a list, one result per item), shared across the ranks of a
+    ``torch.distributed`` process group: rank r computes items r, r + N, r + 2N... and every rank
+    receives all the results in ``items``' order. In one process, simply ``fn(items)``."""
+    rank, size = world()
+    if size == 1:
+        return list(fn(list(items)))
+    import torch.distributed as dist
+
+    mine = list(range(rank, len(items), size))
+    out = list(fn([items[k] for k in mine])) if mine else []
+    gathered: list = [None] * size
+    dist.all_gather_object(gathered, (mine, out))
+    results: list = [None] * len(items)
+    for indices, values in gathered:
+        for k, value in zip(indices, values, strict=True):
+            results[k] = value
+    return results
+
+
 def generate(generator: Generator, conversations: list, config: SamplingConfig, keys: list[str]) -> list:
     """``generator.generate``, each prompt seeded by (``config.seed``, its key
     ``<iteration>/<prompt id>/<role>``) when the backend takes ``keys`` (:class:`HFGenerator` does:
     the samples then do not depend on batching), else seeded by the backend's own rule.
 
-    In a ``torch.distributed`` process group, rank r generates prompts r, r + N, r + 2N... and
-    every rank receives all the results in order (the same as one process, thanks to the keys).
+    In a ``torch.distributed`` process group the prompts are shared across the ranks
+    (:func:`shard_map`) and every rank receives all the results in order (the same as one process,
+    thanks to the keys; greedy decoding (temperature 0) needs no keys).
     """
     import inspect
 
     keyed = "keys" in inspect.signature(generator.generate).parameters
-    rank, size = world()
-    if size == 1:
-        return (
-            generator.generate(conversations, config, keys=keys)
-            if keyed
-            else generator.generate(conversations, config)
-        )
+    size = world()[1]
     if not keyed:
-        raise ConfigError(
-            f"config key `generator`: {type(generator).__name__}.generate takes no per-prompt keys, so "
-            f"its samples would depend on how {size} processes split the prompts; run on one process"
-        )
-    import torch.distributed as dist
+        if size > 1 and config.temperature > 0:
+            raise ConfigError(
+                f"config key `generator`: {type(generator).__name__}.generate takes no per-prompt keys, "
+                f"so its samples would depend on how {size} processes split the prompts; run on one process"
+            )
+        return shard_map(lambda part: generator.generate(part, config), conversations)
+    pairs = list(zip(conversations, keys, strict=True))
+    return shard_map(
+        lambda part: generator.generate([c for c, _ in part], config, keys=[k for _, k in part]), pairs
+    )
 
-    mine = list(range(rank, len(conversations), size))
-    out = generator.generate([conversations[k] for k in mine], config, keys=[keys[k] for k in mine])
-    gathered: list = [None] * size
-    dist.all_gather_object(gathered, (mine, out))
-    results: list = [None] * len(conversations)
-    for indices, generations in gathered:
-        for k, generation in zip(indices, generations, strict=True):
-            results[k] = generation
-    return results
+
+class ShardedGenerator:
+    """A sampler whose ``generate(conversations, config)`` is shared across the ranks
+    (:func:`generate`, each conversation keyed ``<prefix>/<index>``): held-out evaluation of a
+    policy with every rank answering its part of the records."""
+
+    def __init__(self, generator: Generator, prefix: str) -> None:
+        self.generator, self.prefix = generator, prefix
+        self.tokenizer = getattr(generator, "tokenizer", None)
+
+    def generate(self, conversations: list, config: SamplingConfig) -> list:
+        keys = [f"{self.prefix}/{k}" for k in range(len(conversations))]
+        return generate(self.generator, list(conversations), config, keys)
+
+
+class ShardedJudge:
+    """A judge whose ``judge_many(triples)`` is shared across the ranks (:func:`shard_map`); the
+    verdicts are those of the wrapped judge, which decodes greedily."""
+
+    def __init__(self, judge: Any) -> None:
+        self.judge = judge
+
+    def judge_many(self, triples: list) -> list:
+        def verdicts(part: list) -> list:
+            if hasattr(self.judge, "judge_many"):
+                return self.judge.judge_many(part)
+            return [self.judge(*t) for t in part]
+
+        return shard_map(verdicts, list(triples))
 
 
 def barrier() -> None:
@@ -713,7 +760,7 @@ class SSOPipeline:
         if self.cfg.get("judge"):
             from prefalign.generation.judges import signal_accuracy
 
-            judge = hydra.utils.instantiate(self.cfg.judge)
+            judge = ShardedJudge(hydra.utils.instantiate(self.cfg.judge))  # every rank judges a part
             report.update(signal_accuracy(judge, [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]))
         if self.cfg.get("heldout"):
             if i == 1:  # the starting policy's figure, for the iteration-0 row of a study's table
@@ -724,16 +771,23 @@ class SSOPipeline:
 
     def heldout(self, i: int) -> dict[str, float]:
         """π_i's metric on the ``heldout`` records (:class:`prefalign.training.callbacks.GenerationEval`),
-        answered by π_i's sampler (the configured backend: HF or vLLM)."""
+        answered by π_i's sampler (the configured backend: HF or vLLM), each record keyed
+        ``heldout/<i>/<index>`` and the records shared across ranks (:class:`ShardedGenerator`)."""
         from prefalign.training.callbacks import GenerationEval
 
         evaluation = GenerationEval(**OmegaConf.to_container(self.cfg.heldout, resolve=True))
-        values, _ = evaluation.evaluate_with(self.generator(i))
+        values, _ = evaluation.evaluate_with(ShardedGenerator(self.generator(i), f"heldout/{i}"))
         return values
 
     # -- driver ------------------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Run (or resume) every iteration; returns the per-iteration reports."""
+        if "train" in self.stages:  # the fits run on this program's ranks (torchrun / srun)
+            from prefalign.training.launch import check_train_world
+
+            for i, train_cfg in self.train_configs.items():
+                where = f"iteration {i}'s training config (config key `train_overrides`)"
+                check_train_world(train_cfg.trainer, world()[1], where)
         self._prompt_drops = DropReport()
         splits = load_prompt_splits(
             OmegaConf.to_container(self.cfg.prompts, resolve=True),
@@ -756,12 +810,7 @@ class SSOPipeline:
                     self.marker_path(i, stage).unlink(missing_ok=True)
                     if stage == "evaluate":  # a new report: log it to W&B even if an earlier one was
                         (self.iteration_dir(i) / "wandb.done").unlink(missing_ok=True)
-                if stage == "evaluate" and rank != 0:
-                    pass  # the judge and held-out evaluation run on rank 0 (not yet sharded)
-                else:
-                    stats = (
-                        self.allocate(i, splits[i - 1]) if stage == "allocate" else getattr(self, stage)(i)
-                    )
+                stats = self.allocate(i, splits[i - 1]) if stage == "allocate" else getattr(self, stage)(i)
                 barrier()  # the stage's files are written
                 if rank == 0:
                     self.mark_done(i, stage, stats, self.settings(i, stage, splits[i - 1]))

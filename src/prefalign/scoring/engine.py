@@ -228,8 +228,12 @@ class _GroupRanks(_Ranks):
             dist.destroy_process_group(self.group)
 
 
-def _launched_ranks() -> tuple[int, int, str] | None:
-    """(rank, world size, init method) of a torchrun / env:// or srun launch without a group yet."""
+def launched_ranks() -> tuple[int, int, str] | None:
+    """(rank, world size, init method) of a torchrun / env:// or srun launch without a group yet.
+
+    ``None`` in one process and in the ranks Lightning's own launcher starts (they have no
+    ``RANK``). Also used by ``prefalign-sso`` to start its group (:mod:`prefalign.training.launch`).
+    """
     env = os.environ
     if all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
         if int(env["WORLD_SIZE"]) > 1:
@@ -658,7 +662,7 @@ def score_conversations(
 
     if dist.is_available() and dist.is_initialized():
         return job.collective(_GroupRanks(lock_timeout, temporary=False), kwargs, lock)
-    launched = _launched_ranks() if dist.is_available() else None
+    launched = launched_ranks() if dist.is_available() else None
     if launched is not None:
         rank, world, init_method = launched
         timeout = datetime.timedelta(seconds=(lock_timeout or 7 * 24 * 3600) + 600)

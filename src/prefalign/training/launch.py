@@ -33,6 +33,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from prefalign.core.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Environment variable holding the parent job's overrides and output folder (JSON).
@@ -124,7 +126,12 @@ def parent_job() -> Iterator[None]:
 @contextlib.contextmanager
 def _launcher_environment(values: dict[str, str]) -> Iterator[None]:
     """Set ``values`` in the environment; afterwards restore every variable Lightning's launcher
-    sets and destroy the process group (the ranks of this fit are gone)."""
+    sets and destroy the process group the fit created (the ranks of this fit are gone). A group
+    that existed before (``prefalign-sso`` under torchrun / srun: :func:`launched_process_group`)
+    is kept: the same ranks run the program's next stages."""
+    import torch.distributed as dist
+
+    existing = dist.is_available() and dist.is_initialized()
     saved = {key: os.environ.get(key) for key in (*LAUNCHER_ENV, *values)}
     os.environ.update(values)
     try:
@@ -135,10 +142,78 @@ def _launcher_environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        if not existing and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def launched_process_group() -> Iterator[int]:
+    """Around a whole program started on every rank by torchrun or ``srun`` (``prefalign-sso``):
+    initialise the ``torch.distributed`` group from the launcher's variables (``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, or ``SLURM_PROCID`` / ``SLURM_NTASKS``; read by
+    :func:`prefalign.scoring.engine.launched_ranks`), with NCCL on this rank's GPU
+    (``LOCAL_RANK`` / ``SLURM_LOCALID``) when CUDA is available and gloo otherwise, and destroy it
+    afterwards. Yields the world size: 1 (nothing initialised) in a single process, in the ranks
+    Lightning's own launcher starts, and when a group already exists (then its size)."""
+    import torch
+    import torch.distributed as dist
+
+    from prefalign.scoring.engine import launched_ranks
+
+    if dist.is_available() and dist.is_initialized():
+        yield dist.get_world_size()
+        return
+    launched = launched_ranks() if dist.is_available() else None
+    if launched is None:
+        yield 1
+        return
+    rank, world_size, init_method = launched
+    backend = "gloo"
+    if torch.cuda.is_available():
+        backend = "nccl"
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+        torch.cuda.set_device(local_rank)  # "cuda" (generation, scoring) is this rank's GPU
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    log.info("rank %d of %d: %s process group from the launcher (%s)", rank, world_size, backend, init_method)
+    try:
+        yield world_size
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def check_train_world(trainer_cfg: Any, world_size: int, where: str) -> None:
+    """A :class:`~prefalign.core.errors.ConfigError` when a fit inside a program already running on
+    ``world_size`` > 1 ranks (torchrun / srun) would not use exactly those ranks: its
+    ``trainer.devices`` x ``trainer.num_nodes`` must equal ``world_size`` (``devices=auto`` / ``-1``
+    is left to Lightning) and its strategy must not launch processes of its own (``ddp_spawn``,
+    ``ddp_fork``, ``ddp_notebook``). ``where`` names the config keys in the message."""
+    if world_size <= 1:
+        return
+    devices, num_nodes = trainer_cfg.get("devices", 1), int(trainer_cfg.get("num_nodes", 1) or 1)
+    strategy = trainer_cfg.get("strategy", "auto")
+    name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", strategy))
+    env = "WORLD_SIZE" if "WORLD_SIZE" in os.environ else "SLURM_NTASKS"
+    if isinstance(name, str) and name.split(".")[-1] in ("ddp_spawn", "ddp_fork", "ddp_notebook"):
+        raise ConfigError(
+            f"{where}: trainer.strategy={name} starts processes of its own, but this program already "
+            f"runs on {env}={world_size} ranks (torchrun / srun); use trainer=ddp, fsdp or fsdp2"
+        )
+    if str(devices).strip() in ("auto", "-1"):
+        return
+    if isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    elif not isinstance(devices, (int, str)):  # a list of device indices
+        count = len(devices)
+    else:
+        count = int(devices)
+    if count * num_nodes != world_size:
+        raise ConfigError(
+            f"{where}: trainer.devices={devices} x trainer.num_nodes={num_nodes} = {count * num_nodes} "
+            f"rank(s), but {env}={world_size}: the fit runs on the ranks torchrun / srun started; set "
+            f"trainer.devices to the ranks per node and trainer.num_nodes to the nodes (e.g. "
+            f"train_overrides=[...,trainer=ddp,trainer.devices={world_size // num_nodes}])"
+        )
 
 
 @contextlib.contextmanager
