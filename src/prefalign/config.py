@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import secrets
+import socket
 from datetime import datetime
 from pathlib import Path
 
@@ -145,10 +146,21 @@ def unique_run_name() -> str:
     process per GPU) must share one folder and a requeued job must find its own again, so there the
     name is ``slurm-<SLURM_JOB_ID>.<SLURM_STEP_ID>`` instead. OmegaConf caches the value per
     config (``use_cache``), so every job of a multirun, and a pickled submitit job, sees the same one.
+
+    The ranks of one ``torchrun`` launch (``WORLD_SIZE > 1``, ``TORCHELASTIC_RUN_ID`` set) must also
+    share one folder (FSDP's sharded checkpoints are written by every rank into it): the name is
+    ``torchrun-<rendezvous id>`` (``--standalone`` draws a fresh id; multi-node launches pass
+    ``--rdzv-id``, e.g. the SLURM job id). A static single-node launch has the id ``none``; its
+    ranks share the agent process, so the name is ``torchrun-<host>-<agent pid>``.
     """
     env = os.environ
     if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_JOB_ID") and env.get("SLURM_STEP_ID"):
         return f"slurm-{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}"
+    run_id = env.get("TORCHELASTIC_RUN_ID")
+    if run_id and int(env.get("WORLD_SIZE", "1") or 1) > 1:
+        if run_id != "none":
+            return f"torchrun-{run_id}"
+        return f"torchrun-{socket.gethostname()}-{os.getppid()}"
     return f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
 
 

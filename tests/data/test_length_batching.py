@@ -11,6 +11,7 @@ import json
 import math
 import random
 from collections import Counter
+from types import SimpleNamespace
 
 import datasets
 import pytest
@@ -224,7 +225,6 @@ def test_a_state_restored_after_the_loader_was_built_has_the_loader_built_again(
     """FSDP2 / FSDP restore after ``configure_optimizers``, whose ``estimated_stepping_batches``
     already built (and began iterating) the training loader in epoch 0's order: the data module
     drops it, and the loader Lightning builds next resumes at the saved position."""
-    from types import SimpleNamespace
 
     from prefalign.data.batching import ResumableTrainOrder
 
@@ -436,3 +436,19 @@ def test_datamodule_names_a_missing_required_column(make_tokenizer):
     with pytest.raises(DataError, match=r"the objective needs column\(s\) \['missing_col'\]") as err:
         dm.setup()
     assert bundled("tiny_chat_val.jsonl") in str(err.value)
+
+
+@pytest.mark.usefixtures("_isolated_hf_cache")
+def test_fewer_training_batches_than_ranks_is_an_error_not_a_run_without_steps(make_tokenizer):
+    dm = ChatDataModule(
+        make_tokenizer("chatml"), train={"path": bundled("tiny_chat_val.jsonl"), "limit": 16}, batch_size=16
+    )
+    dm.setup()
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1)
+    assert len(dm.train_dataloader()) == 1
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=2)  # one batch for two ranks
+    with pytest.raises(
+        DataError,
+        match=r"16 sample\(s\), which make 1 batch\(es\) of data.batch_size=16: fewer than the 2 rank",
+    ):
+        dm.train_dataloader()

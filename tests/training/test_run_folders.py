@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 
+import pytest
 from omegaconf import OmegaConf
 
 from prefalign.config import unique_run_name
@@ -29,6 +31,40 @@ def test_the_tasks_of_a_multi_task_slurm_step_share_one_name(monkeypatch):
     assert unique_run_name() == unique_run_name() == "slurm-4242.0"
     monkeypatch.setenv("SLURM_NTASKS", "1")  # one task (an interactive srun): a unique name
     assert NAME.match(unique_run_name())
+
+
+def test_the_ranks_of_one_torchrun_launch_share_one_name(monkeypatch):
+    for key in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "b1f0c2")  # --standalone / --rdzv-id
+    assert unique_run_name() == unique_run_name() == "torchrun-b1f0c2"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # static single-node launch: the agent's pid
+    assert unique_run_name() == f"torchrun-{socket.gethostname()}-{os.getppid()}"
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one rank: a unique name
+    assert NAME.match(unique_run_name())
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_torchrun_launch_trains_in_one_run_folder(tmp_path, session_cache):
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PREFALIGN_ROOT": str(tmp_path),
+        "PREFALIGN_CACHE": session_cache,
+    }
+    for key in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "prefalign.apps.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    command += ["trainer.max_steps=2", "data.train.limit=64", "data.val.limit=8", "logger=csv"]
+    command += ["callbacks.progress_bar=null"]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert run.name.startswith("torchrun-")
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "hf" / "config.json").is_file()
 
 
 def test_two_runs_launched_together_get_two_folders(tmp_path, session_cache):

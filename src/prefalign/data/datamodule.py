@@ -339,6 +339,12 @@ class ChatDataModule(ResumableTrainOrder, L.LightningDataModule):
             world_size=world,
             mega_batch_mult=self.mega_batch_mult if self.group_by_length else 1,
         )
+        if shuffle and len(sampler) == 0:  # Lightning would stop "successfully" without a step
+            raise DataError(
+                f"the training split has {len(ds)} sample(s), which make {sampler._num_global_batches()} "
+                f"batch(es) of data.batch_size={batch_size}: fewer than the {world} rank(s), so no rank "
+                "would train. Lower data.batch_size or add training data"
+            )
         if shuffle:  # the training order: saved in checkpoints, resumed mid-epoch
             self.track_train_sampler(sampler)
         return DataLoader(
