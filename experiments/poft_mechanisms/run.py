@@ -4,17 +4,19 @@ Everything trains through ``prefalign-train`` with overrides of the CPU PoFT stu
 (``experiment=cpu_world_aligned``, ``experiment=cpu_world_poft``); this script generates the data,
 calls the app, and reads the runs back (metrics CSV, epoch checkpoints, the aligned score cache):
 
-1. **Aligned pair** (as experiments/cpu_studies): two tiny CE models on the clean world.
-2. **bi-PoFT mechanisms** (3,000 clean + 1,500 noise samples, epoch checkpoints kept):
-   a. ``objective=bi_poft,poft`` — per-token log-probs of noise and clean responses after every
-      epoch, split into format tokens (``Answer: ``), the end-of-turn token, content tokens and (on
-      noise) corrupted characters;
+1. **Aligned pair** (as experiments/cpu_studies, 8 epochs at batch 32): two tiny CE models on the
+   3,000 clean conversations of the world.
+2. **bi-PoFT mechanisms** (1,500 clean + 750 noise samples: the CPU PoFT study's higher noise rate
+   at half its size; 6 epochs; epoch checkpoints kept):
+   a. ``objective=bi_poft,poft`` — per-token log-probs of noise and clean responses before
+      training and after every epoch, split into format tokens (``Answer: ``), the end-of-turn
+      token, content tokens and (on noise) corrupted characters;
    b. ``objective=bi_poft`` with noise in another answer format (``data.noise.strip_prefix`` /
       ``add_prefix`` / ``add_suffix``): no ``Answer: `` shared with clean responses;
-   c. r_θ against r_agg on noise before and during training, for the from-scratch target and for
-      a target first trained with CE on the clean data (``model=hf``: the paper's bi-PoFT starts
-      from a pretrained model), then bi-PoFT and PoFT from it.
-3. **Long horizon**: 600 clean + 1,500 noise samples, 30 epochs, ``objective=ce,poft``: per-epoch
+   c. r_θ against r_agg on noise before and during training (from 2a), and bi-PoFT from a target
+      first trained with CE on the clean data (``model=hf``): the paper's bi-PoFT starts from a
+      pretrained model.
+3. **Long horizon**: 400 clean + 750 noise samples, 15 epochs, ``objective=ce,poft``: per-epoch
    exact match, PoFT − CE gap, Last / Avg / Std (PoFT paper Table 1).
 
     nice -n 10 python experiments/poft_mechanisms/run.py            # everything (resumes)
@@ -77,6 +79,8 @@ class Settings:
     Attributes:
         world_train / test: clean training conversations of the world, held-out test records.
         aligned_epochs / aligned_batch: epochs and batch size of each aligned model (on world_train).
+        batch: batch size of every target run (the CPU PoFT study used 16; 32 halves the steps,
+            whose fixed cost dominates on these tiny models).
         mech_clean / noise: clean samples (the world's first) and noise samples of part 2: the
             CPU PoFT study's higher rate (3,000 + 1,500) at half the size.
         mech_epochs / mech_seeds: epochs and seeds of every part-2 cell.
@@ -90,17 +94,18 @@ class Settings:
     test: int = 300
     aligned_epochs: int = 8
     aligned_batch: int = 32
+    batch: int = 32
     mech_clean: int = 1500
     noise: int = 750
     mech_epochs: int = 6
     mech_seeds: tuple[int, ...] = (1, 2, 3)
-    base_epochs: int = 2
+    base_epochs: int = 4
     probe_samples: int = 256
-    horizon_clean: int = 300
+    horizon_clean: int = 400
     horizon_noise: int = 750
-    horizon_epochs: int = 30
+    horizon_epochs: int = 15
     horizon_seeds: tuple[int, ...] = (1, 2, 3)
-    horizon_eval: int = 200
+    horizon_eval: int = 100
 
 
 SETTINGS = Settings()
@@ -148,6 +153,7 @@ def train(out: Path, name: str, overrides: list[str], multirun: bool = True) -> 
 def poft_overrides(out: Path, clean: int, noise: int, epochs: int) -> list[str]:
     return [
         "experiment=cpu_world_poft",
+        f"data.batch_size={SETTINGS.batch}",
         f"data.train.path={subset_path(out, clean)}",
         f"data.noise.num_samples={noise}",
         f"trainer.max_epochs={epochs}",
@@ -186,7 +192,11 @@ def run_format(out: Path, s: Settings) -> None:
 
 def run_warm(out: Path, s: Settings) -> None:
     """2c: a target that starts trained (CE on the clean data), then bi-PoFT from it."""
-    base = ["experiment=cpu_world_ce", f"data.train.path={subset_path(out, s.mech_clean)}"]
+    base = [
+        "experiment=cpu_world_ce",
+        f"data.train.path={subset_path(out, s.mech_clean)}",
+        f"data.batch_size={s.batch}",
+    ]
     train(out, "base", [*base, f"trainer.max_epochs={s.base_epochs}", "seed=0"], multirun=False)
     warm = ["model=hf", f"model.name_or_path={out / 'runs' / 'base' / 'hf'}", "model.dtype=float32"]
     train(out, "mech_warm", [*mech_base(out, s), *warm, "objective=bi_poft"])
@@ -365,15 +375,13 @@ def probe_logprobs(model, batch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def token_study(out: Path, run_dir: Path, s: Settings) -> dict[str, Any]:
-    """Per epoch (0: before training): mean token log-prob per role on the probe samples, r_θ and
-    the aligned r_agg (mean over members, as PoFT) on them."""
-    import torch
-
-    from prefalign.analysis import aggregate_scores, list_checkpoints, load_scores
+def probe_context(out: Path, run_dir: Path, s: Settings) -> dict[str, Any]:
+    """What every run of a setting shares (same data, same starting model): the starting model and
+    its weights, the encoded probe samples and their aligned r_agg (mean over members, as PoFT)."""
+    from prefalign.analysis import aggregate_scores, load_scores
     from prefalign.models.loading import load_model_and_tokenizer
 
-    cfg, keys = run_config(out, run_dir)
+    cfg, _ = run_config(out, run_dir)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     model.float().eval()
     probes = probe_samples(cfg, s)
@@ -382,22 +390,39 @@ def token_study(out: Path, run_dir: Path, s: Settings) -> dict[str, Any]:
     }
     scores = aggregate_scores(load_scores(cfg, splits=["train"]), ["avg"]).set_index("id")["avg"]
     r_agg = {subset: [float(scores[p["id"]]) for p in rows] for subset, rows in probes.items()}
-    epochs = [(0, None)] + list(zip(*(list_checkpoints(run_dir)[c] for c in ("epoch", "path")), strict=True))
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    return {"model": model, "initial": initial, "batches": batches, "r_agg": r_agg}
+
+
+def token_study(ctx: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Per epoch (0: before training): mean token log-prob per role on the probe samples, r_θ and
+    r_θ − r_agg on them (mean, and the share of samples with r_θ > r_agg)."""
+    import torch
+
+    from prefalign.analysis import list_checkpoints
+
+    keys = cs.job_overrides(run_dir)
+    model = ctx["model"]
+    checkpoints = list_checkpoints(run_dir)
+    epochs = [(0, None), *zip(checkpoints["epoch"], checkpoints["path"], strict=True)]
     per_epoch = []
     for epoch, path in epochs:
-        if path is not None:
+        if path is None:
+            state = ctx["initial"]
+        else:
             state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
             state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-            model.load_state_dict(state)
+        model.load_state_dict(state)
         row: dict[str, Any] = {"epoch": int(epoch)}
-        for subset, batch in batches.items():
+        for subset, batch in ctx["batches"].items():
             got = probe_logprobs(model, batch)
-            margins = [t - a for t, a in zip(got["r_theta"], r_agg[subset], strict=True)]
+            r_agg = ctx["r_agg"][subset]
+            margins = [t - a for t, a in zip(got["r_theta"], r_agg, strict=True)]
             row[subset] = {
                 "logp_by_role": got["by_role"],
                 "tokens_by_role": got["tokens"],
                 "r_theta": statistics.fmean(got["r_theta"]),
-                "r_agg": statistics.fmean(r_agg[subset]),
+                "r_agg": statistics.fmean(r_agg),
                 "margin": statistics.fmean(margins),
                 "above_agg": sum(m > 0 for m in margins) / len(margins),
             }
@@ -410,14 +435,15 @@ def mech_results(out: Path, s: Settings) -> dict[str, Any]:
     """Parts 2a–c: every finished run's exact-match curve, summary, token study and logged margins."""
     results: dict[str, Any] = {}
     for setting in ("mech_template", "mech_format", "mech_warm"):
-        runs = []
+        runs, ctx = [], None
         for run_dir in run_dirs(out, setting):
             if not finished(run_dir):
                 continue
             cache = run_dir / "token_study.json"
             if not cache.exists():
                 log.info("token study of %s", run_dir)
-                cache.write_text(json.dumps(token_study(out, run_dir, s)))
+                ctx = ctx or probe_context(out, run_dir, s)
+                cache.write_text(json.dumps(token_study(ctx, run_dir)))
             study = json.loads(cache.read_text())
             curve = exact_match_curve(run_dir)
             runs.append(
@@ -707,8 +733,8 @@ def main(argv: list[str] | None = None) -> dict:
         # in order of priority, so that what finishes first is what matters most
         for study, action in (
             ("bipoft", run_template),
-            ("horizon", run_horizon),
             ("bipoft", run_format),
+            ("horizon", run_horizon),
             ("bipoft", run_warm),
         ):
             if args.only in (None, study):
