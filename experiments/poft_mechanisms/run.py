@@ -734,8 +734,8 @@ def main(argv: list[str] | None = None) -> dict:
     out, results_dir = args.out.resolve(), args.results.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
-    # one thread per process: tiny models on shared cores run several times faster without
-    # OpenMP threads spinning against each other (measured here: ~5x on 2 loaded cores)
+    # one thread per process: on loaded shared cores the tiny models ran several times faster
+    # without OpenMP threads competing (see README)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
