@@ -46,6 +46,30 @@ def test_noise_rematches_a_prompt_with_another_conversations_corrupted_response(
         assert row["messages"][-1]["content"] == by_id[row["noise_source_response_id"]][-1]["content"]
 
 
+def test_noise_in_another_answer_format():
+    exact = {"num_samples": 30, "seed": 0, "insert_rate": 0, "delete_rate": 0, "modify_rate": 0}
+    reformatted = make_noise_samples(
+        CLEAN, NoiseConfig(**exact, strip_prefix="answer ", add_prefix="=> ", add_suffix=" <=")
+    )
+    by_id = {row["id"]: row["messages"] for row in CLEAN}
+    for after in reformatted:
+        assert after["messages"][:-1] == by_id[after["noise_source_prompt_id"]][:-1]
+        source = by_id[after["noise_source_response_id"]][-1]["content"]
+        assert after["messages"][-1]["content"] == "=> " + source[len("answer ") :] + " <="
+    # a prefix the response does not start with is left alone
+    config = NoiseConfig(num_samples=1, strip_prefix="Answer: ", add_prefix="> ")
+    assert config.reformat("answer 1") == "> answer 1"
+    assert config.reformat("Answer: 1") == "> 1"
+    assert NoiseConfig(num_samples=1).reformat("Answer: 1") == "Answer: 1"
+    # the format is corrupted with the rest of the response
+    corrupted = make_noise_samples(
+        CLEAN, NoiseConfig(num_samples=30, seed=0, add_prefix="=> ", modify_rate=0.5)
+    )
+    assert any(not row["messages"][-1]["content"].startswith("=> ") for row in corrupted)
+    with pytest.raises(ValueError, match="noise.add_prefix must be a string"):
+        NoiseConfig(num_samples=1, add_prefix=3)
+
+
 @pytest.mark.parametrize(
     ("rates", "length_ratio", "changed"),
     [

@@ -6,6 +6,10 @@ is blended with the original data for training." Each noise sample takes one con
 prompt (everything before its final assistant turn) and another conversation's final response,
 corrupted character by character. Samples are labelled (``noise=True``) for bi-PoFT and analysis.
 Everything is seeded and deterministic.
+
+The matched response can be put into another answer format before it is corrupted
+(``strip_prefix`` / ``add_prefix`` / ``add_suffix``), so that noise need not share the clean
+responses' format tokens (experiments/poft_mechanisms: bi-PoFT without a shared template).
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ class NoiseConfig:
         insert_rate / delete_rate / modify_rate: per-character probabilities of inserting a random
             character after it, deleting it, and replacing it by a different character.
         alphabet: characters used for insertions and modifications.
+        strip_prefix: removed from the start of the matched response, where the response starts
+            with it (e.g. a dataset's fixed answer prefix such as ``"Answer: "``); ``""``: nothing.
+        add_prefix / add_suffix: put before / after the (stripped) response, so that the noise
+            takes an answer format of its own; both are corrupted with the rest of the response.
+            Defaults (``""``) keep the paper's noise: the other conversation's response as it is.
     """
 
     num_samples: int
@@ -40,6 +49,9 @@ class NoiseConfig:
     delete_rate: float = 0.05
     modify_rate: float = 0.05
     alphabet: str = DEFAULT_ALPHABET
+    strip_prefix: str = ""
+    add_prefix: str = ""
+    add_suffix: str = ""
 
     def __post_init__(self) -> None:
         if self.num_samples < 0:
@@ -52,6 +64,16 @@ class NoiseConfig:
             raise ValueError("noise.delete_rate + noise.modify_rate must be at most 1")
         if len(set(self.alphabet)) < 2:
             raise ValueError("noise.alphabet needs at least two distinct characters")
+        for name in ("strip_prefix", "add_prefix", "add_suffix"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"noise.{name} must be a string, got {getattr(self, name)!r}")
+
+    def reformat(self, response: str) -> str:
+        """``response`` in the noise's answer format: ``strip_prefix`` removed where present, then
+        ``add_prefix`` + response + ``add_suffix`` (unchanged with the defaults)."""
+        if self.strip_prefix and response.startswith(self.strip_prefix):
+            response = response[len(self.strip_prefix) :]
+        return f"{self.add_prefix}{response}{self.add_suffix}"
 
 
 def corrupt_text(
@@ -88,6 +110,9 @@ def corrupt_text(
 def make_noise_samples(ds: datasets.Dataset, config: NoiseConfig) -> datasets.Dataset:
     """Create ``config.num_samples`` noise samples from the conversations of ``ds``.
 
+    Each takes a random conversation's prompt and another's final response, put into the noise's
+    answer format (:meth:`NoiseConfig.reformat`) and corrupted (:func:`corrupt_text`).
+
     Columns: ``id`` (``noise-<seed>-<i>``), ``messages``, ``noise`` (True), and the ids of the
     conversations the prompt and the response came from.
     """
@@ -107,7 +132,7 @@ def make_noise_samples(ds: datasets.Dataset, config: NoiseConfig) -> datasets.Da
         response_row += response_row >= prompt_row  # a different conversation
         prompt = conversations[prompt_row]
         last_assistant = max(j for j, m in enumerate(prompt) if m["role"] == "assistant")
-        response = conversations[response_row][-1]["content"]
+        response = config.reformat(conversations[response_row][-1]["content"])
         corrupted = corrupt_text(
             response, rng, config.insert_rate, config.delete_rate, config.modify_rate, config.alphabet
         )
