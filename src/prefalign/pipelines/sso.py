@@ -56,7 +56,7 @@ from prefalign.generation.principles import (
     load_principles,
     principle_system_message,
 )
-from prefalign.generation.sampling import Generator, SamplingConfig, filter_prompts_by_length
+from prefalign.generation.sampling import Generator, SamplingConfig, filter_prompts_by_length, labelled
 
 log = logging.getLogger(__name__)
 STAGES = ("allocate", "sample", "train", "evaluate")
@@ -271,10 +271,13 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def generate(generator: Generator, conversations: list, config: SamplingConfig, keys: list[str]) -> list:
+def generate(
+    generator: Generator, conversations: list, config: SamplingConfig, keys: list[str], desc: str = "generate"
+) -> list:
     """``generator.generate``, each prompt seeded by (``config.seed``, its key
     ``<iteration>/<prompt id>/<role>``) when the backend takes ``keys`` (:class:`HFGenerator` does:
-    the samples then do not depend on batching), else seeded by the backend's own rule.
+    the samples then do not depend on batching), else seeded by the backend's own rule. ``desc``
+    labels the backend's progress bar (rank 0 only; :mod:`prefalign.core.progress`).
 
     In a ``torch.distributed`` process group, rank r generates prompts r, r + N, r + 2N... and
     every rank receives all the results in order (the same as one process, thanks to the keys).
@@ -282,12 +285,13 @@ def generate(generator: Generator, conversations: list, config: SamplingConfig, 
     import inspect
 
     keyed = "keys" in inspect.signature(generator.generate).parameters
+    label = labelled(generator, desc)
     rank, size = world()
     if size == 1:
         return (
-            generator.generate(conversations, config, keys=keys)
+            generator.generate(conversations, config, keys=keys, **label)
             if keyed
-            else generator.generate(conversations, config)
+            else generator.generate(conversations, config, **label)
         )
     if not keyed:
         raise ConfigError(
@@ -297,7 +301,7 @@ def generate(generator: Generator, conversations: list, config: SamplingConfig, 
     import torch.distributed as dist
 
     mine = list(range(rank, len(conversations), size))
-    out = generator.generate([conversations[k] for k in mine], config, keys=[keys[k] for k in mine])
+    out = generator.generate([conversations[k] for k in mine], config, keys=[keys[k] for k in mine], **label)
     gathered: list = [None] * size
     dist.all_gather_object(gathered, (mine, out))
     results: list = [None] * len(conversations)
@@ -564,7 +568,13 @@ class SSOPipeline:
         questions = [
             [{"role": "user", "content": allocation_prompt(p["prompt"], self.principles)}] for p in kept
         ]
-        answers = generate(generator, questions, self.allocation, [f"{i}/{p['id']}/allocate" for p in kept])
+        answers = generate(
+            generator,
+            questions,
+            self.allocation,
+            [f"{i}/{p['id']}/allocate" for p in kept],
+            f"iteration {i}: allocate features",
+        )
         rng, stats = random.Random(int(self.cfg.seed) + i), AllocationStats()
         rows = []
         for prompt, answer in zip(kept, answers, strict=True):
@@ -604,10 +614,16 @@ class SSOPipeline:
 
         started = time.perf_counter()
         keys = lambda role: [f"{i}/{r['id']}/{role}" for r in allocated]  # noqa: E731
-        chosen = generate(generator, conversations(good), self.sampling, keys("chosen"))
-        rejected = generate(generator, conversations(bad), self._shifted(1), keys("rejected"))
+        chosen = generate(generator, conversations(good), self.sampling, keys("chosen"), f"iteration {i}: y+")
+        rejected = generate(
+            generator, conversations(bad), self._shifted(1), keys("rejected"), f"iteration {i}: y-"
+        )
         original = generate(
-            generator, conversations([None] * len(allocated)), self._shifted(2), keys("original")
+            generator,
+            conversations([None] * len(allocated)),
+            self._shifted(2),
+            keys("original"),
+            f"iteration {i}: y_o",
         )
         seconds = time.perf_counter() - started
         drops, rows = DropReport(total=len(allocated)), []
@@ -725,7 +741,7 @@ class SSOPipeline:
         from prefalign.training.callbacks import GenerationEval
 
         evaluation = GenerationEval(**OmegaConf.to_container(self.cfg.heldout, resolve=True))
-        values, _ = evaluation.evaluate_with(self.generator(i))
+        values, _ = evaluation.evaluate_with(self.generator(i), desc=f"policy {i}: held-out answers")
         return values
 
     # -- driver ------------------------------------------------------------------------------------
