@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 
 import hydra
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.config import config_dir, register_resolvers
@@ -71,6 +70,8 @@ def score(cfg: DictConfig) -> list[dict]:
                     "path": str(table.path),
                 }
             )
+    import torch.distributed as dist  # here, not at the top: --help / --cfg job never load torch
+
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     for row in rows if rank == 0 else []:
         log.info(
