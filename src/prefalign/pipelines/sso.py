@@ -277,7 +277,8 @@ def generate(
     """``generator.generate``, each prompt seeded by (``config.seed``, its key
     ``<iteration>/<prompt id>/<role>``) when the backend takes ``keys`` (:class:`HFGenerator` does:
     the samples then do not depend on batching), else seeded by the backend's own rule. ``desc``
-    labels the backend's progress bar (rank 0 only; :mod:`prefalign.core.progress`).
+    labels the backend's progress bar (drawn by rank 0 only, over its share of the prompts;
+    :mod:`prefalign.core.progress`).
 
     In a ``torch.distributed`` process group, rank r generates prompts r, r + N, r + 2N... and
     every rank receives all the results in order (the same as one process, thanks to the keys).
