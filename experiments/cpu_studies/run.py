@@ -23,7 +23,7 @@ generates the data, calls the apps with overrides, and reads their outputs back:
     python experiments/cpu_studies/run.py --size full     # the committed results (results/): 48 min
 
 Stages whose outputs exist are skipped, so an interrupted run resumes (``--fresh`` starts over).
-While an app runs, its progress is logged as it goes (every change, at least once a minute): the
+While an app runs, its progress is logged as it goes (at every epoch, at least once a minute): the
 training runs done out of the stage's total, the current run's epoch and metric (from its
 ``metrics.csv``), the time elapsed and an estimate of the time left, e.g.
 ``poft: 1/3 runs done, epoch 4/6, val/exact_match 0.470 | 1m40s elapsed, about 2m30s left``.
@@ -140,8 +140,8 @@ def run_app(module: str, overrides: list[str], log_file: Path, watcher: StageWat
     """``python -m <module> <overrides>``, output to ``log_file``; its wall time. Fails loudly.
 
     While it runs, ``watcher`` (when given) is polled every ``POLL_S`` seconds and its line
-    (runs done / total, epoch, current metric, time left) is logged whenever it changes, or at
-    least every ``QUIET_S`` seconds."""
+    (runs done / total, epoch, current metric, time left) is logged whenever a run or an epoch
+    ends, and at least every ``QUIET_S`` seconds."""
     command = [sys.executable, "-m", module, *overrides]
     log.info("running: %s %s", module, " ".join(overrides))
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ def run_app(module: str, overrides: list[str], log_file: Path, watcher: StageWat
                 returncode = process.wait(timeout=POLL_S if watcher else None)
                 break
             except subprocess.TimeoutExpired:
-                seen = watcher.poll()
+                seen = watcher.poll()[:2]  # a run or an epoch ended (the metric alone changes often)
                 if seen != shown or time.perf_counter() - shown_at >= QUIET_S:
                     log.info("  %s", watcher.progress.line())
                     shown, shown_at = seen, time.perf_counter()
