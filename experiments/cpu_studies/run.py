@@ -185,9 +185,10 @@ class StageProgress:
     """Where a stage of training runs stands: runs done out of ``total_runs``, the current run's
     epoch (0-based, out of ``epochs_per_run`` when known) and metric, and the time left.
 
-    The time left extrapolates the stage's elapsed time over the work done: finished runs plus the
-    finished epochs of the current run (``epoch / epochs_per_run``), so it is the completed runs'
-    mean duration once runs have finished, and an estimate from epochs before that.
+    The time left extrapolates the time the work done took: finished runs plus the finished epochs
+    of the current run (``epoch / epochs_per_run``), timed when that count last grew, so it is the
+    completed runs' mean duration once runs have finished, and an estimate from epochs before that;
+    between two such moments it counts down.
     """
 
     name: str
@@ -199,13 +200,16 @@ class StageProgress:
     metric: tuple[str, float] | None = None
 
     def __post_init__(self) -> None:
-        self.started = self.clock()
+        self.started = self.changed_at = self.clock()
 
     def update(
         self, runs_done: int, epoch: int | None = None, metric: tuple[str, float] | None = None
     ) -> None:
         """Record what the watcher saw (``epoch`` / ``metric``: None between runs)."""
+        done = self.work_done()
         self.runs_done, self.epoch, self.metric = min(runs_done, self.total_runs), epoch, metric
+        if self.work_done() > done:
+            self.changed_at = self.clock()
 
     def work_done(self) -> float:
         """Runs done, counting the current run's finished epochs as a fraction of a run."""
@@ -219,7 +223,8 @@ class StageProgress:
         done = self.work_done()
         if done <= 0:
             return None
-        return (self.clock() - self.started) * (self.total_runs - done) / done
+        per_run = (self.changed_at - self.started) / done
+        return max(per_run * (self.total_runs - done) - (self.clock() - self.changed_at), 0.0)
 
     def line(self) -> str:
         """E.g. ``poft: run 2/3, epoch 4/6, val/exact_match 0.470 | 1m40s elapsed, about 1m10s left``."""

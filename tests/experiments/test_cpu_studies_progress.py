@@ -46,6 +46,8 @@ def test_time_left_extrapolates_the_work_done(run):
     assert progress.line() == (
         "poft: 0/4 runs done, epoch 3/5, val/exact_match 0.250 | 20s elapsed, about 3m00s left"
     )
+    clock.now += 30  # no new epoch: the estimate counts down
+    assert progress.seconds_left() == pytest.approx(180 - 30)
     clock.now = 1100.0  # two runs done in 100 s, between runs: their mean duration
     progress.update(2)
     assert progress.seconds_left() == pytest.approx(100.0)
