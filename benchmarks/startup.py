@@ -40,14 +40,15 @@ def _env(src: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(src), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
 
 
-def time_command(src: Path, app: str, args: list[str], repeat: int) -> dict:
-    """Median and all wall times (s) of ``python -m prefalign.apps.<app> <args>``."""
+def time_command(src: Path, app: str, args: list[str], repeat: int, python: str = sys.executable) -> dict:
+    """Median and all wall times (s) of ``python -m prefalign.apps.<app> <args>`` (``python``: the
+    interpreter, e.g. another virtual environment's)."""
     times = []
     with tempfile.TemporaryDirectory() as cwd:
         for _ in range(repeat):
             start = time.perf_counter()
             result = subprocess.run(
-                [sys.executable, "-m", f"prefalign.apps.{app}", *args],
+                [python, "-m", f"prefalign.apps.{app}", *args],
                 cwd=cwd,
                 env=_env(src),
                 capture_output=True,

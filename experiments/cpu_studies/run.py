@@ -23,6 +23,10 @@ generates the data, calls the apps with overrides, and reads their outputs back:
     python experiments/cpu_studies/run.py --size full     # the committed results (results/): 48 min
 
 Stages whose outputs exist are skipped, so an interrupted run resumes (``--fresh`` starts over).
+While an app runs, its progress is logged as it goes (at every epoch, at least once a minute): the
+training runs done out of the stage's total, the current run's epoch and metric (from its
+``metrics.csv``), the time elapsed and an estimate of the time left, e.g.
+``poft: 1/3 runs done, epoch 4/6, val/exact_match 0.470 | 1m40s elapsed, about 2m30s left``.
 """
 
 from __future__ import annotations
@@ -132,20 +136,183 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- running the apps ------------------------------------------------------------------------------
-def run_app(module: str, overrides: list[str], log_file: Path) -> float:
-    """``python -m <module> <overrides>``, output to ``log_file``; its wall time. Fails loudly."""
+def run_app(module: str, overrides: list[str], log_file: Path, watcher: StageWatcher | None = None) -> float:
+    """``python -m <module> <overrides>``, output to ``log_file``; its wall time. Fails loudly.
+
+    While it runs, ``watcher`` (when given) is polled every ``POLL_S`` seconds and its line
+    (runs done / total, epoch, current metric, time left) is logged whenever a run or an epoch
+    ends, and at least every ``QUIET_S`` seconds."""
     command = [sys.executable, "-m", module, *overrides]
     log.info("running: %s %s", module, " ".join(overrides))
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log_file.open("w") as f:
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        shown, shown_at = None, started
+        while True:
+            try:
+                returncode = process.wait(timeout=POLL_S if watcher else None)
+                break
+            except subprocess.TimeoutExpired:
+                seen = watcher.poll()[:2]  # a run or an epoch ended (the metric alone changes often)
+                if seen != shown or time.perf_counter() - shown_at >= QUIET_S:
+                    log.info("  %s", watcher.progress.line())
+                    shown, shown_at = seen, time.perf_counter()
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
+    if returncode != 0:
         tail = log_file.read_text(errors="replace")[-3000:]
-        raise SystemExit(f"{module} failed (exit {done.returncode}); log: {log_file}\n{tail}")
+        raise SystemExit(f"{module} failed (exit {returncode}); log: {log_file}\n{tail}")
     log.info("  done in %.0f s", seconds)
     return seconds
+
+
+# -- live progress of a stage ----------------------------------------------------------------------
+POLL_S = 5.0  # seconds between two looks at a running app's log and metrics files
+QUIET_S = 60.0  # the progress line is repeated at least this often, for the elapsed / remaining time
+# The metric shown for the current run: the first of these its metrics.csv has a value for.
+METRICS = ("val/exact_match", "train/loss")
+FIT_END = "`Trainer.fit` stopped"  # Lightning's line at the end of every training run
+
+
+def duration(seconds: float) -> str:
+    """``75`` -> ``"1m15s"``."""
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+@dataclass
+class StageProgress:
+    """Where a stage of training runs stands: runs done out of ``total_runs``, the current run's
+    epoch (0-based, out of ``epochs_per_run`` when known) and metric, and the time left.
+
+    The time left extrapolates the time the work done took: finished runs plus the finished epochs
+    of the current run (``epoch / epochs_per_run``), timed when that count last grew, so it is the
+    completed runs' mean duration once runs have finished, and an estimate from epochs before that;
+    between two such moments it counts down.
+    """
+
+    name: str
+    total_runs: int
+    epochs_per_run: int | None = None
+    clock: Any = time.monotonic
+    runs_done: int = 0
+    epoch: int | None = None
+    metric: tuple[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        self.started = self.changed_at = self.clock()
+
+    def update(
+        self, runs_done: int, epoch: int | None = None, metric: tuple[str, float] | None = None
+    ) -> None:
+        """Record what the watcher saw (``epoch`` / ``metric``: None between runs)."""
+        done = self.work_done()
+        self.runs_done, self.epoch, self.metric = min(runs_done, self.total_runs), epoch, metric
+        if self.work_done() > done:
+            self.changed_at = self.clock()
+
+    def work_done(self) -> float:
+        """Runs done, counting the current run's finished epochs as a fraction of a run."""
+        partial = 0.0
+        if self.epoch is not None and self.epochs_per_run and self.runs_done < self.total_runs:
+            partial = min(self.epoch / self.epochs_per_run, 1.0)
+        return self.runs_done + partial
+
+    def seconds_left(self) -> float | None:
+        """The estimated time left (None until some work is done)."""
+        done = self.work_done()
+        if done <= 0:
+            return None
+        per_run = (self.changed_at - self.started) / done
+        return max(per_run * (self.total_runs - done) - (self.clock() - self.changed_at), 0.0)
+
+    def line(self) -> str:
+        """E.g. ``poft: run 2/3, epoch 4/6, val/exact_match 0.470 | 1m40s elapsed, about 1m10s left``."""
+        parts = [f"{self.name}: {self.runs_done}/{self.total_runs} runs done"]
+        if self.epoch is not None:
+            parts.append(
+                f"epoch {self.epoch + 1}" + (f"/{self.epochs_per_run}" if self.epochs_per_run else "")
+            )
+        if self.metric is not None:
+            parts.append(f"{self.metric[0]} {self.metric[1]:.3f}")
+        left = self.seconds_left()
+        timing = f"{duration(self.clock() - self.started)} elapsed"
+        timing += f", about {duration(left)} left" if left is not None else ", time left unknown yet"
+        return ", ".join(parts) + " | " + timing
+
+
+def metrics_progress(
+    path: Path, metrics: tuple[str, ...] = METRICS
+) -> tuple[int | None, tuple[str, float] | None]:
+    """The last epoch and the last value of the first of ``metrics`` with a value in a Lightning CSV
+    metrics file that may still be being written (a missing file or a cut last line reads as less)."""
+    import csv
+
+    try:
+        rows = list(csv.DictReader(path.read_text(errors="replace").splitlines()))
+    except (OSError, csv.Error):
+        return None, None
+    epoch, found = None, {}
+    for row in rows:
+        epoch = _number(row.get("epoch"), epoch)
+        for name in metrics:
+            found[name] = _number(row.get(name), found.get(name))
+    found = {name: value for name, value in found.items() if value is not None}
+    metric = next(((name, found[name]) for name in metrics if name in found), None)
+    return (None if epoch is None else int(epoch)), metric
+
+
+def _number(text: str | None, default: float | None) -> float | None:
+    """``float(text)``, or ``default`` for an empty or cut-off value."""
+    try:
+        return float(text) if text else default
+    except ValueError:
+        return default
+
+
+class StageWatcher:
+    """Follows a running app: training runs finished (Lightning's ``FIT_END`` lines in its log) and
+    the epoch and metric of the newest ``metrics.csv`` under ``folders`` written since it started.
+
+    Args:
+        progress: the stage's :class:`StageProgress`, updated by :meth:`poll`.
+        log_file: the app's output.
+        folders: where the app's runs write ``metrics.csv`` (CSV logger).
+    """
+
+    def __init__(self, progress: StageProgress, log_file: Path, folders: list[Path]) -> None:
+        self.progress, self.log_file, self.folders = progress, log_file, folders
+        self.since = time.time() - 1.0  # metrics files of earlier attempts are not this stage's runs
+        self.offset, self.ends_plain, self.ends_logged = 0, 0, 0
+
+    def _count_fit_ends(self) -> int:
+        try:
+            with self.log_file.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return max(self.ends_plain, self.ends_logged)
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a half-written line is read next time
+        self.offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            if FIT_END in line:  # Hydra's log format "[time][name][INFO] - ..." and Lightning's plain one
+                if line.startswith("["):
+                    self.ends_logged += 1
+                else:
+                    self.ends_plain += 1
+        return max(self.ends_plain, self.ends_logged)
+
+    def poll(self) -> tuple:
+        """Update the progress from the log and metrics files; return what it saw (runs done, epoch,
+        metric), which changes when there is something new to show."""
+        runs_done = self._count_fit_ends()
+        files = [p for folder in self.folders if folder.is_dir() for p in folder.rglob("metrics.csv")]
+        files = [p for p in files if p.stat().st_mtime >= self.since]
+        epoch = metric = None
+        if len(files) > runs_done:  # a run is under way: the newest file is its
+            epoch, metric = metrics_progress(max(files, key=lambda p: p.stat().st_mtime))
+        self.progress.update(runs_done, epoch, metric)
+        return runs_done, epoch, metric
 
 
 def stage(out: Path, name: str, action) -> dict:
@@ -192,12 +359,25 @@ def make_data(out: Path, size: Size) -> dict:
     return {"files": {k: str(v) for k, v in {**world, **principled}.items()}}
 
 
-def app_stage(out: Path, name: str, module: str, overrides: list[str], multirun: bool = True) -> dict:
+def app_stage(
+    out: Path,
+    name: str,
+    module: str,
+    overrides: list[str],
+    multirun: bool = True,
+    runs: int = 1,
+    epochs: int | None = None,
+    metrics_dir: Path | None = None,
+) -> dict:
     """Run one app (a multirun with ``-m``) with its Hydra folder(s) in ``runs/<name>`` and its
-    output in ``logs/<name>.log``; every app writes under ``out``."""
+    output in ``logs/<name>.log``; every app writes under ``out``. Its progress is logged as it
+    goes (:class:`StageWatcher`): ``runs`` training runs of ``epochs`` epochs each, whose
+    ``metrics.csv`` files are under ``runs/<name>`` (or ``metrics_dir``)."""
     folder = f"hydra.{'sweep' if multirun else 'run'}.dir={out / 'runs' / name}"
     command = ["-m"] * multirun + [*overrides, *common_overrides(out), folder]
-    return {"app_seconds": run_app(module, command, out / "logs" / f"{name}.log")}
+    log_file = out / "logs" / f"{name}.log"
+    watcher = StageWatcher(StageProgress(name, runs, epochs), log_file, [metrics_dir or out / "runs" / name])
+    return {"app_seconds": run_app(module, command, log_file, watcher)}
 
 
 def train_aligned(out: Path, size: Size) -> dict:
@@ -206,7 +386,7 @@ def train_aligned(out: Path, size: Size) -> dict:
         "aligned_member=zephyr_bytes,llama3_bpe",
         f"trainer.max_epochs={size.aligned_epochs}",
     ]
-    return app_stage(out, "aligned", "prefalign.apps.train", overrides)
+    return app_stage(out, "aligned", "prefalign.apps.train", overrides, runs=2, epochs=size.aligned_epochs)
 
 
 def train_poft_grid(out: Path, size: Size) -> dict:
@@ -218,12 +398,25 @@ def train_poft_grid(out: Path, size: Size) -> dict:
         f"trainer.max_epochs={size.epochs}",
         "aligned.score_missing=true",  # the first run of each noise rate scores it; the rest reuse the cache
     ]
-    return app_stage(out, "poft", "prefalign.apps.train", overrides)
+    runs = len(OBJECTIVES) * len(size.noise) * len(size.seeds)
+    return app_stage(out, "poft", "prefalign.apps.train", overrides, runs=runs, epochs=size.epochs)
 
 
 def train_policy(out: Path, size: Size) -> dict:
     overrides = ["experiment=cpu_world_policy", f"trainer.max_epochs={size.policy_epochs}"]
-    return app_stage(out, "policy", "prefalign.apps.train", overrides, multirun=False)
+    return app_stage(
+        out, "policy", "prefalign.apps.train", overrides, multirun=False, epochs=size.policy_epochs
+    )
+
+
+def sso_shape() -> tuple[int, int]:
+    """(iterations, epochs per iteration) of ``sso_experiment=cpu_world_sso``: one training run per iteration."""
+    import yaml
+
+    from prefalign.config import config_dir
+
+    cfg = yaml.safe_load((Path(config_dir()) / "sso_experiment" / "cpu_world_sso.yaml").read_text())
+    return int(cfg["iterations"]), int(cfg["iteration_epochs"])
 
 
 def run_sso(out: Path, size: Size) -> dict:
@@ -232,7 +425,12 @@ def run_sso(out: Path, size: Size) -> dict:
         f"variant={joined(size.sso_variants)}",
         f"seed={joined(size.sso_seeds)}",
     ]
-    return app_stage(out, "sso", "prefalign.apps.sso", overrides)
+    iterations, epochs = sso_shape()
+    runs = len(size.sso_variants) * len(size.sso_seeds) * iterations
+    metrics_dir = out / "logs" / "cpu_world_sso"  # the pipelines' iteration folders
+    return app_stage(
+        out, "sso", "prefalign.apps.sso", overrides, runs=runs, epochs=epochs, metrics_dir=metrics_dir
+    )
 
 
 # -- reading results ---------------------------------------------------------------------------------

@@ -38,3 +38,20 @@ def test_signal_accuracy_counts_verdicts():
     verdicts = iter(["a", "a", "b", None])
     stats = signal_accuracy(lambda p, a, b: next(verdicts), [("p", "a", "b")] * 4)
     assert stats == {"signal_accuracy": 0.5, "signal_inverted": 0.25, "signal_unsure": 0.25}
+
+
+def test_the_judge_labels_its_bar_when_the_backend_draws_one(monkeypatch, capsys):
+    from prefalign.core.progress import ENV
+
+    class _Labelled(_ScriptedGenerator):
+        def generate(self, conversations, config, desc=None):
+            self.desc = desc
+            return super().generate(conversations, config)
+
+    generator = _Labelled(["m", "M"])
+    assert LLMJudge(generator).judge_many([("p", "a", "b")]) == ["a"]
+    assert generator.desc == "judge (both orders)"
+    monkeypatch.setenv(ENV, "1")
+    verdicts = iter(["a", "b"])
+    signal_accuracy(lambda p, a, b: next(verdicts), [("p", "a", "b")] * 2)  # pair by pair: a bar
+    assert "2/2" in capsys.readouterr().err

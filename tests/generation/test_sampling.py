@@ -74,3 +74,24 @@ def test_keyed_sampling_draws_from_the_top_p_nucleus():
     counts = [draws.count(t) for t in range(4)]
     assert counts[2] == counts[3] == 0  # outside the smallest set reaching 0.8
     assert abs(counts[0] / 2000 - 0.5 / 0.8) < 0.04 and abs(counts[1] / 2000 - 0.3 / 0.8) < 0.04
+
+
+def test_generation_shows_a_labelled_bar_on_rank_zero_only(tiny_model_and_tokenizer, monkeypatch, capsys):
+    from prefalign.core.progress import ENV
+
+    model, tokenizer = tiny_model_and_tokenizer
+    generator = HFGenerator(model, tokenizer)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=2, batch_size=2)
+    monkeypatch.setenv(ENV, "1")
+    generator.generate(CONVERSATIONS, greedy, desc="iteration 1: y+")
+    drawn = capsys.readouterr().err
+    assert "iteration 1: y+" in drawn and "3/3" in drawn
+    generator.generate(CONVERSATIONS, greedy)  # no label: no bar (e.g. inside the Trainer)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "1")
+    generator.generate(CONVERSATIONS, greedy, desc="iteration 1: y+")
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv(ENV, "0")
+    generator.generate(CONVERSATIONS, greedy, desc="iteration 1: y+")
+    assert capsys.readouterr().err == ""

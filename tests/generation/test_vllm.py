@@ -63,6 +63,21 @@ def test_requests_are_the_chat_template_token_ids_with_per_prompt_seeds(tiny_mod
     assert outputs == [Generation(text="forty-two", num_tokens=len(answer) - 1, hit_max_new_tokens=False)] * 3
 
 
+def test_vllm_draws_its_bar_for_labelled_work_on_rank_zero(tiny_model_and_tokenizer, monkeypatch):
+    from prefalign.core.progress import ENV
+
+    _, tokenizer = tiny_model_and_tokenizer
+    engine = StandInEngine(tokenizer, [5, 6, tokenizer.eos_token_id])
+    generator = VLLMGenerator(engine, tokenizer, sampling_params=params, max_model_len=4096)
+    config = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    monkeypatch.setenv(ENV, "1")
+    generator.generate(CONVERSATIONS, config, desc="iteration 1: y+")
+    generator.generate(CONVERSATIONS, config)  # unlabelled: no bar
+    monkeypatch.setenv("RANK", "1")
+    generator.generate(CONVERSATIONS, config, desc="iteration 1: y+")
+    assert [use_tqdm for _, _, use_tqdm in engine.calls] == [True, False, False]
+
+
 def test_greedy_and_length_limit_follow_the_hf_backend(tiny_model_and_tokenizer):
     _, tokenizer = tiny_model_and_tokenizer
     engine = StandInEngine(tokenizer, [5, 6, 7], finish_reason="length")

@@ -25,7 +25,7 @@ from typing import Any
 from prefalign.core.errors import DataError
 from prefalign.core.jsonl import iter_jsonl, read_jsonl
 from prefalign.evaluation.harness import EvalConfigError
-from prefalign.generation.sampling import Generation, Generator, SamplingConfig
+from prefalign.generation.sampling import Generation, Generator, SamplingConfig, labelled
 
 # FastChat's sampling temperature per MT-Bench category (fastchat/llm_judge/common.py); 0 is greedy.
 MT_BENCH_TEMPERATURES = {
@@ -87,7 +87,7 @@ def mt_bench_answers(
     Turn ``t`` of all questions is generated in batches, one batch group per sampling temperature:
     ``temperatures[category]``, else ``sampling.temperature``; the other settings come from
     ``sampling``. Returns the FastChat answer records (in question order) and every generation
-    (for truncation counts).
+    (for truncation counts). Each batch group shows a progress bar (:mod:`prefalign.core.progress`).
     """
     conversations: list[list[dict[str, str]]] = [[] for _ in questions]
     generations: list[Generation] = []
@@ -101,7 +101,9 @@ def mt_bench_answers(
             for i in indices:
                 conversations[i].append({"role": "user", "content": questions[i]["turns"][turn]})
             outputs = generator.generate(
-                [conversations[i] for i in indices], replace(sampling, temperature=temperature)
+                [conversations[i] for i in indices],
+                replace(sampling, temperature=temperature),
+                **labelled(generator, f"{model_id}: MT-Bench turn {turn + 1}, temperature {temperature}"),
             )
             for i, output in zip(indices, outputs, strict=True):
                 conversations[i].append({"role": "assistant", "content": output.text})
@@ -154,10 +156,13 @@ def alpaca_eval_outputs(
     """Answer every instruction (one user turn each); returns alpaca_eval's model outputs and the generations.
 
     Each output record is the prompt record with ``output`` and ``generator`` set (a reference
-    model's ``output`` / ``generator`` in the prompt file are replaced).
+    model's ``output`` / ``generator`` in the prompt file are replaced). A progress bar shows over
+    the prompts (:mod:`prefalign.core.progress`).
     """
     generations = generator.generate(
-        [[{"role": "user", "content": p["instruction"]}] for p in prompts], sampling
+        [[{"role": "user", "content": p["instruction"]}] for p in prompts],
+        sampling,
+        **labelled(generator, f"{model_id}: AlpacaEval"),
     )
     outputs = [
         {**prompt, "output": generation.text, "generator": model_id}

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from prefalign.core.progress import progress_bar
 from prefalign.generation.principles import judge_messages, parse_judge_answer
-from prefalign.generation.sampling import Generator, SamplingConfig
+from prefalign.generation.sampling import Generator, SamplingConfig, labelled
 
 Judge = Callable[[str, str, str], "str | None"]
 
@@ -38,12 +39,15 @@ class LLMJudge:
         return cls(build_generator(dict(generation or {"backend": "hf"}), dict(model)), max_new_tokens)
 
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[str | None]:
-        """Verdicts for (prompt, a, b) triples: "a", "b" or None."""
+        """Verdicts for (prompt, a, b) triples: "a", "b" or None (a progress bar over the 2 × N
+        judge prompts where :mod:`prefalign.core.progress` allows)."""
         conversations = []
         for prompt, a, b in items:
             conversations.append(judge_messages(prompt, a, b))  # a is "m"
             conversations.append(judge_messages(prompt, b, a))  # a is "M"
-        answers = [parse_judge_answer(g.text) for g in self.generator.generate(conversations, self.config)]
+        label = labelled(self.generator, "judge (both orders)")
+        generations = self.generator.generate(conversations, self.config, **label)
+        answers = [parse_judge_answer(g.text) for g in generations]
         verdicts = []
         for first, second in zip(answers[0::2], answers[1::2], strict=True):
             a_first = {"m": "a", "M": "b"}.get(first or "")
@@ -56,8 +60,12 @@ class LLMJudge:
 
 
 def signal_accuracy(judge: Judge, triples: Sequence[tuple[str, str, str]]) -> dict[str, float]:
-    """Share of (prompt, y+, y−) where the judge prefers y+, prefers y−, or is unsure."""
-    verdicts = judge.judge_many(triples) if hasattr(judge, "judge_many") else [judge(*t) for t in triples]
+    """Share of (prompt, y+, y−) where the judge prefers y+, prefers y−, or is unsure (a judge
+    without ``judge_many`` is asked pair by pair, under a progress bar)."""
+    if hasattr(judge, "judge_many"):
+        verdicts = judge.judge_many(triples)
+    else:
+        verdicts = [judge(*t) for t in progress_bar(triples, desc="judge", unit="pair")]
     n = max(len(verdicts), 1)
     return {
         "signal_accuracy": sum(v == "a" for v in verdicts) / n,

@@ -17,6 +17,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from prefalign.core.errors import DataError, DropReport
+from prefalign.core.progress import progress_bar
 
 
 @dataclass
@@ -56,6 +57,14 @@ class Generator(Protocol):
     def generate(
         self, conversations: Sequence[list[dict[str, str]]], config: SamplingConfig
     ) -> list[Generation]: ...
+
+
+def labelled(generator: Any, desc: str) -> dict[str, str]:
+    """``{"desc": desc}`` when ``generator.generate`` takes a progress-bar label (the HF and vLLM
+    backends do), else ``{}``; call ``generator.generate(..., **labelled(generator, "judge"))``."""
+    import inspect
+
+    return {"desc": desc} if "desc" in inspect.signature(generator.generate).parameters else {}
 
 
 def prompt_token_ids(tokenizer, conversation: list[dict[str, str]]) -> list[int]:
@@ -129,6 +138,7 @@ class HFGenerator:
         conversations: Sequence[list[dict[str, str]]],
         config: SamplingConfig,
         keys: Sequence[str] | None = None,
+        desc: str | None = None,
     ) -> list[Generation]:
         """Sample (or, at temperature 0, greedily decode) one response per conversation.
 
@@ -138,6 +148,9 @@ class HFGenerator:
                 (``config.seed``, key), so its response does not depend on which other prompts
                 share its batch, their order, or how prompts are split over processes (see
                 :class:`PerRowSampler`). Without keys, batch ``b`` is seeded with ``seed + b``.
+            desc: the label of a progress bar over the prompts (:func:`prefalign.core.progress.progress_bar`:
+                rank 0, a terminal or ``PREFALIGN_PROGRESS=1``); None: no bar (e.g. inside the
+                Trainer, whose own bar is showing).
         """
         if keys is not None and len(keys) != len(conversations):
             raise ValueError(f"{len(keys)} keys for {len(conversations)} conversations")
@@ -152,6 +165,7 @@ class HFGenerator:
         self.model.eval()
         pad = self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
+        bar = progress_bar(total=len(order), desc=desc, unit="prompt", disable=desc is None)
         for b, start in enumerate(range(0, len(order), config.batch_size)):
             rows = order[start : start + config.batch_size]
             width = max(len(prompts[i]) for i in rows)
@@ -192,5 +206,7 @@ class HFGenerator:
                     num_tokens=len(tokens),
                     hit_max_new_tokens=stop is None and len(new) >= max_new,
                 )
+            bar.update(len(rows))
+        bar.close()
         self.model.train(was_training)
         return results  # type: ignore[return-value]

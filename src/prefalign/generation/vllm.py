@@ -16,12 +16,15 @@ config (``conf/generation/vllm.yaml``).
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prefalign.core.errors import ConfigError, DataError
+from prefalign.core.progress import progress_enabled
 from prefalign.generation.sampling import Generation, SamplingConfig, prompt_token_ids, row_seed
 
+log = logging.getLogger(__name__)
 VLLM_INSTALL = 'pip install -e ".[vllm]"'
 
 
@@ -94,6 +97,7 @@ class VLLMGenerator:
         conversations: Sequence[list[dict[str, str]]],
         config: SamplingConfig,
         keys: Sequence[str] | None = None,
+        desc: str | None = None,
     ) -> list[Generation]:
         """One :class:`Generation` per conversation, in input order.
 
@@ -101,6 +105,9 @@ class VLLMGenerator:
         :func:`~prefalign.generation.sampling.row_seed` (``config.seed``, ``keys[i]``), so its
         response does not depend on the other requests; without, by ``config.seed + i``. vLLM's
         sampler is not HF's, so the two backends draw different samples from the same seeds.
+        With ``desc``, vLLM's own tqdm bar is shown where :func:`prefalign.core.progress.progress_enabled`
+        allows (rank 0, a terminal or ``PREFALIGN_PROGRESS=1``) and ``desc`` is logged above it;
+        without, no bar.
         """
         if keys is not None and len(keys) != len(conversations):
             raise ValueError(f"{len(keys)} keys for {len(conversations)} conversations")
@@ -124,7 +131,10 @@ class VLLMGenerator:
                     skip_special_tokens=True,
                 )
             )
-        outputs = self.engine.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+        show = desc is not None and progress_enabled()
+        if show:
+            log.info("%s: %d prompts", desc, len(prompts))
+        outputs = self.engine.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=show)
         if len(outputs) != len(prompts):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
         results = []

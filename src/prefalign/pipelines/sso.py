@@ -64,7 +64,7 @@ from prefalign.generation.principles import (
     load_principles,
     principle_system_message,
 )
-from prefalign.generation.sampling import Generator, SamplingConfig, filter_prompts_by_length
+from prefalign.generation.sampling import Generator, SamplingConfig, filter_prompts_by_length, labelled
 
 log = logging.getLogger(__name__)
 STAGES = ("allocate", "sample", "train", "evaluate")
@@ -299,10 +299,14 @@ def shard_map(fn: Any, items: list) -> list:
     return results
 
 
-def generate(generator: Generator, conversations: list, config: SamplingConfig, keys: list[str]) -> list:
+def generate(
+    generator: Generator, conversations: list, config: SamplingConfig, keys: list[str], desc: str = "generate"
+) -> list:
     """``generator.generate``, each prompt seeded by (``config.seed``, its key
     ``<iteration>/<prompt id>/<role>``) when the backend takes ``keys`` (:class:`HFGenerator` does:
-    the samples then do not depend on batching), else seeded by the backend's own rule.
+    the samples then do not depend on batching), else seeded by the backend's own rule. ``desc``
+    labels the backend's progress bar (drawn by rank 0 only, over its share of the prompts;
+    :mod:`prefalign.core.progress`).
 
     In a ``torch.distributed`` process group the prompts are shared across the ranks
     (:func:`shard_map`) and every rank receives all the results in order (the same as one process,
@@ -311,6 +315,7 @@ def generate(generator: Generator, conversations: list, config: SamplingConfig, 
     import inspect
 
     keyed = "keys" in inspect.signature(generator.generate).parameters
+    label = labelled(generator, desc)
     size = world()[1]
     if not keyed:
         if size > 1 and config.temperature > 0:
@@ -318,10 +323,11 @@ def generate(generator: Generator, conversations: list, config: SamplingConfig, 
                 f"config key `generator`: {type(generator).__name__}.generate takes no per-prompt keys, "
                 f"so its samples would depend on how {size} processes split the prompts; run on one process"
             )
-        return shard_map(lambda part: generator.generate(part, config), conversations)
+        return shard_map(lambda part: generator.generate(part, config, **label), conversations)
     pairs = list(zip(conversations, keys, strict=True))
     return shard_map(
-        lambda part: generator.generate([c for c, _ in part], config, keys=[k for _, k in part]), pairs
+        lambda part: generator.generate([c for c, _ in part], config, keys=[k for _, k in part], **label),
+        pairs,
     )
 
 
@@ -334,9 +340,9 @@ class ShardedGenerator:
         self.generator, self.prefix = generator, prefix
         self.tokenizer = getattr(generator, "tokenizer", None)
 
-    def generate(self, conversations: list, config: SamplingConfig) -> list:
+    def generate(self, conversations: list, config: SamplingConfig, desc: str = "generate") -> list:
         keys = [f"{self.prefix}/{k}" for k in range(len(conversations))]
-        return generate(self.generator, list(conversations), config, keys)
+        return generate(self.generator, list(conversations), config, keys, desc=desc)
 
 
 class ShardedJudge:
@@ -612,7 +618,13 @@ class SSOPipeline:
         questions = [
             [{"role": "user", "content": allocation_prompt(p["prompt"], self.principles)}] for p in kept
         ]
-        answers = generate(generator, questions, self.allocation, [f"{i}/{p['id']}/allocate" for p in kept])
+        answers = generate(
+            generator,
+            questions,
+            self.allocation,
+            [f"{i}/{p['id']}/allocate" for p in kept],
+            f"iteration {i}: allocate features",
+        )
         rng, stats = random.Random(int(self.cfg.seed) + i), AllocationStats()
         rows = []
         for prompt, answer in zip(kept, answers, strict=True):
@@ -652,10 +664,16 @@ class SSOPipeline:
 
         started = time.perf_counter()
         keys = lambda role: [f"{i}/{r['id']}/{role}" for r in allocated]  # noqa: E731
-        chosen = generate(generator, conversations(good), self.sampling, keys("chosen"))
-        rejected = generate(generator, conversations(bad), self._shifted(1), keys("rejected"))
+        chosen = generate(generator, conversations(good), self.sampling, keys("chosen"), f"iteration {i}: y+")
+        rejected = generate(
+            generator, conversations(bad), self._shifted(1), keys("rejected"), f"iteration {i}: y-"
+        )
         original = generate(
-            generator, conversations([None] * len(allocated)), self._shifted(2), keys("original")
+            generator,
+            conversations([None] * len(allocated)),
+            self._shifted(2),
+            keys("original"),
+            f"iteration {i}: y_o",
         )
         seconds = time.perf_counter() - started
         drops, rows = DropReport(total=len(allocated)), []
@@ -776,7 +794,9 @@ class SSOPipeline:
         from prefalign.training.callbacks import GenerationEval
 
         evaluation = GenerationEval(**OmegaConf.to_container(self.cfg.heldout, resolve=True))
-        values, _ = evaluation.evaluate_with(ShardedGenerator(self.generator(i), f"heldout/{i}"))
+        values, _ = evaluation.evaluate_with(
+            ShardedGenerator(self.generator(i), f"heldout/{i}"), desc=f"policy {i}: held-out answers"
+        )
         return values
 
     # -- driver ------------------------------------------------------------------------------------

@@ -234,14 +234,17 @@ class GenerationEval(L.Callback):
 
         return self.evaluate_with(HFGenerator(model, tokenizer))
 
-    def evaluate_with(self, generator: Any) -> tuple[dict[str, float], list[str]]:
+    def evaluate_with(self, generator: Any, desc: str | None = None) -> tuple[dict[str, float], list[str]]:
         """:meth:`evaluate` with any sampler (:class:`prefalign.generation.sampling.Generator`,
-        e.g. the SSO pipeline's vLLM engine serving π_i)."""
+        e.g. the SSO pipeline's vLLM engine serving π_i); ``desc`` labels a progress bar over the
+        records (None: none, as inside the Trainer, whose own bar is showing)."""
         from prefalign.core.chat import prompt_messages
-        from prefalign.generation.sampling import SamplingConfig
+        from prefalign.generation.sampling import SamplingConfig, labelled
 
         conversations = [prompt_messages(r) for r in self.records]
-        responses = [g.text for g in generator.generate(conversations, SamplingConfig(**self.sampling))]
+        label = labelled(generator, desc) if desc is not None else {}
+        generations = generator.generate(conversations, SamplingConfig(**self.sampling), **label)
+        responses = [g.text for g in generations]
         return _flatten(self.metric(self.records, responses)), responses
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
