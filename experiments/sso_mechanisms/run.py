@@ -252,7 +252,7 @@ def gradient_shares(train_dir: Path) -> dict[str, float]:
     variants = {
         "full": objective,
         "detached": instantiate(cfg.objective, detach_weight=True),
-        "no_g": instantiate(cfg.objective, use_steering=False),
+        "no_g": instantiate(cfg.objective, use_steering=False, detach_weight=False),
     }
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     module_cls, data_kwargs, module_kwargs = objective_wiring(cfg, objective)
@@ -542,12 +542,12 @@ def past(deadline: str | None) -> bool:
 
 
 # The SSO cells whose gradients are probed (seed 0, iterations PROBED_ITERATIONS): the two ends of
-# the γ sweep, off-policy samples, W detached and W′.
+# the γ sweep, off-policy samples and W′ (W detached trains from the same π_0 and samples as SSO, so
+# its first probe would repeat SSO's).
 PROBED = (
     "sso_t0.7_p0.8_g0.1_k3",
     "sso_t0.7_p0.8_g2_k3",
     "sso_t1.3_p0.8_g0.1_k5",
-    "detach_t1.3_p0.8_g0.1_k5",
     "w_prime_t1.3_p0.8_g0.1_k5",
 )
 PROBED_ITERATIONS = (1, 3)
