@@ -70,6 +70,26 @@ def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, 
     assert all(
         b"sso/length/chosen" in f.read_bytes() and b"sso/train/weight" in f.read_bytes() for f in run_files
     )
+    # every sample's W, as training met it, in the iteration folder; the report summarises epoch 0
+    per_sample = [
+        json.loads(line)
+        for line in (work / "iter_1" / "train" / "per_sample_metrics.jsonl").read_text().splitlines()
+    ]
+    samples = {
+        json.loads(line)["id"] for line in (work / "iter_1" / "preferences.jsonl").read_text().splitlines()
+    }
+    assert sorted(r["id"] for r in per_sample) == sorted(samples) and {r["epoch"] for r in per_sample} == {0}
+    assert all(0.0 < r["weight"] < 1.0 for r in per_sample)
+    weights = sorted(r["weight"] for r in per_sample)
+    assert report[0]["per_sample/weight/mean"] == pytest.approx(sum(weights) / len(weights))
+    assert (
+        report[0]["per_sample/weight/q05"]
+        <= report[0]["per_sample/weight/q50"]
+        <= report[0]["per_sample/weight/q95"]
+    )
+    assert (
+        weights[0] <= report[0]["per_sample/weight/q05"] and report[0]["per_sample/weight/q95"] <= weights[-1]
+    )
     second = json.loads((work / "iter_2" / "train.done.json").read_text())
     assert second["reference"] == str(work / "iter_1" / "policy")  # pi_1 is iteration 2's reference
     assert (work / "iter_2" / "policy" / "model.safetensors").exists()

@@ -270,6 +270,26 @@ def policy_change(previous_dir: Path, policy_dir: Path) -> dict[str, float] | No
     return {"max_abs": max_abs, "relative_l2": math.sqrt(diff_sq) / max(math.sqrt(base_sq), 1e-30)}
 
 
+def distribution_summary(values: list[float]) -> dict[str, float]:
+    """Mean, population standard deviation and the 5/25/50/75/95 % quantiles (linear interpolation
+    between order statistics) of a non-empty list of numbers."""
+    import statistics
+
+    if not values:
+        raise ValueError("distribution_summary needs at least one value")
+    ordered = sorted(values)
+
+    def quantile(q: float) -> float:
+        position = q * (len(ordered) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    summary = {"mean": statistics.fmean(ordered), "std": statistics.pstdev(ordered)}
+    summary.update({f"q{round(100 * q):02d}": quantile(q) for q in (0.05, 0.25, 0.5, 0.75, 0.95)})
+    return summary
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of the initialised ``torch.distributed`` process group, else (0, 1)."""
     import torch.distributed as dist
@@ -772,6 +792,7 @@ class SSOPipeline:
             "hit_max_new_tokens": mean("hit_max_new_tokens"),
             **{k: v for k, v in train_metrics.items() if k.startswith("train/")},
         }
+        report.update(self.per_sample_summary(i))
         change = self.stats(i, "train").get("policy_change")
         if change:  # how far π_i moved from π_{i-1} (0: the iteration trained nothing)
             report.update({f"policy_change/{k}": v for k, v in change.items()})
@@ -786,6 +807,22 @@ class SSOPipeline:
             # π_i last: its loaded copy then serves the next iteration's allocation and sampling
             report.update({f"heldout/{k}": v for k, v in self.heldout(i).items()})
         return report
+
+    def per_sample_summary(self, i: int) -> dict[str, float]:
+        """The distribution over iteration ``i``'s samples of each per-example training metric
+        (SSO: W) in the first epoch, when the samples are met by (nearly) π_{i-1}:
+        ``per_sample/<name>/{mean,std,q05,q25,q50,q75,q95}``, from the training run's
+        ``per_sample_metrics.jsonl`` (:class:`prefalign.training.callbacks.PerSampleMetrics`;
+        empty when the run has no such file)."""
+        path = self.iteration_dir(i) / "train" / "per_sample_metrics.jsonl"
+        if not path.exists():
+            return {}
+        rows = [r for r in read_jsonl(path) if r["epoch"] == 0]
+        return {
+            f"per_sample/{name}/{stat}": value
+            for name in sorted({k for r in rows for k in r} - {"epoch", "id"})
+            for stat, value in distribution_summary([float(r[name]) for r in rows if name in r]).items()
+        }
 
     def heldout(self, i: int) -> dict[str, float]:
         """π_i's metric on the ``heldout`` records (:class:`prefalign.training.callbacks.GenerationEval`),

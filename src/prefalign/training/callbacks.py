@@ -81,6 +81,78 @@ class MetricHistograms(L.Callback):
         self.buffers = {}
 
 
+class PerSampleMetrics(L.Callback):
+    """Writes every training sample's values of the objective's per-example metrics (by default its
+    ``distribution_metrics``: SSO's W, PoFT's τ and margin) to a JSON-lines file, one row per sample
+    and epoch: ``{"epoch": <0-based>, "id": <sample id>, "<metric>": <value>, ...}``.
+
+    The values are those of the training step that saw the sample (the policy as it was trained, so
+    a sample's first-epoch W is computed by nearly the starting policy). The file is rewritten
+    atomically at every epoch end and holds all finished epochs; a resumed fit keeps the rows of the
+    epochs before the one it resumes. Under ``torch.distributed`` every rank's rows are gathered and
+    rank 0 writes them.
+
+    Args:
+        path: the JSON-lines file (e.g. ``${paths.output_dir}/per_sample_metrics.jsonl``).
+        metrics: the per-example metric names to record; ``None``: the objective's
+            ``distribution_metrics``.
+    """
+
+    def __init__(self, path: str, metrics: list[str] | None = None) -> None:
+        self.path = Path(path)
+        self.metrics = list(metrics) if metrics is not None else None
+        self.rows: list[dict[str, Any]] = []
+
+    def _names(self, pl_module: L.LightningModule) -> list[str]:
+        if self.metrics is not None:
+            return self.metrics
+        return list(getattr(getattr(pl_module, "objective", None), "distribution_metrics", ()))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from prefalign.core.jsonl import read_jsonl
+
+        # a resumed fit keeps the finished epochs' rows (only rank 0 holds them: it writes the file)
+        self.rows = []
+        if trainer.is_global_zero and trainer.current_epoch > 0 and self.path.exists():
+            self.rows = [r for r in read_jsonl(self.path) if r["epoch"] < trainer.current_epoch]
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        names = self._names(pl_module)
+        if not names or not isinstance(outputs, dict) or "metrics" not in outputs:
+            return
+        ids = [str(i) for i in batch["id"]]
+        columns = {}
+        for name in names:
+            value = outputs["metrics"].get(name)
+            if not isinstance(value, torch.Tensor) or value.dim() != 1 or len(value) != len(ids):
+                raise ValueError(
+                    f"config key `callbacks.per_sample_metrics.metrics`: {name!r} is not a per-example "
+                    f"metric of {type(pl_module.objective).__name__} (one value per sample of the batch, "
+                    f"{len(ids)} here); its per-example metrics: "
+                    f"{sorted(k for k, v in outputs['metrics'].items() if v.dim() == 1 and len(v) == len(ids))}"
+                )
+            columns[name] = value.detach().float().cpu().tolist()
+        epoch = trainer.current_epoch
+        for k, sample_id in enumerate(ids):
+            self.rows.append({"epoch": epoch, "id": sample_id, **{n: v[k] for n, v in columns.items()}})
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from prefalign.core.jsonl import write_jsonl
+
+        rows = self.rows
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
+            epoch = trainer.current_epoch
+            gathered: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, [r for r in rows if r["epoch"] == epoch])
+            if trainer.is_global_zero:  # earlier epochs as gathered before, this one from every rank
+                rows = [r for r in rows if r["epoch"] < epoch] + [r for part in gathered for r in part]
+                self.rows = rows
+        if trainer.is_global_zero:
+            write_jsonl(self.path, rows)
+
+
 class ExportHF(L.Callback):
     """Writes the trained model (and the data module's tokenizer) in Hugging Face format at the end
     of fit, and with ``every_n_epochs`` also after every n-th epoch.

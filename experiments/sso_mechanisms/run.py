@@ -1,0 +1,654 @@
+"""SSO mechanisms study (issue 14, point 1): where can W and G act, and do they?
+
+Runs the SSO pipeline (``prefalign-sso sso_experiment=cpu_world_sso``) on the verifiable world
+through the project's own apps, over a grid of cells, each with three pipeline seeds:
+
+- **gamma** (baseline temperature 0.7): SSO at γ ∈ {0.1, 0.5, 1, 2} and PBAA;
+- **temperature** 1.0 and 1.3 (samples pushed off-policy, so that ā and W vary across samples):
+  SSO, PBAA, and at 1.3 the w/o W and w/o G ablations;
+- **W's gradient and W′** at the temperature where W varies most: ``objective.detach_weight=true``
+  and ``objective.weight=w_prime``.
+
+Every pipeline runs five iterations over the full study's 450 prompts (90 per iteration). The data
+and the starting policy are the CPU studies' (``experiments/cpu_studies/run.py``'s stages, imported).
+Per iteration and cell the script reads back the pipeline's reports (signal accuracy under the rule
+judge, held-out exact match with no principle, e^ā(y+), e^ā(y−), lengths) and the iteration folders'
+per-sample W (``iter_<i>/train/per_sample_metrics.jsonl``) and per-step training metrics (G's
+share of the loss), and measures how much of the gradient flows through W on the first batch of
+every iteration of the SSO cells (``gradient_share``). Outputs: ``results/results.{json,md}`` and
+plots.
+
+    nice -n 10 python experiments/sso_mechanisms/run.py            # the committed results
+    python experiments/sso_mechanisms/run.py --report-only         # tables and plots from outputs/
+
+Cells whose pipelines have finished (``report.json`` in every seed's work folder) are skipped, so an
+interrupted run resumes; the pipeline itself resumes unfinished seeds stage by stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("sso_mechanisms")
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+
+def cpu_studies():
+    """``experiments/cpu_studies/run.py`` as a module (its data and policy stages, app runner)."""
+    name = "cpu_studies_run"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "cpu_studies" / "run.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+SEEDS = (0, 1, 2)
+ITERATIONS = 3  # the γ sweep and temperature 1.0; the cells at temperature 1.3 run 5
+# What the shared cores allowed (see README): held-out exact match on the first 150 of the 300
+# test records, and 4 tokens for the feature-allocation answer (the principles file has one
+# feature, so every prompt gets it whatever the answer says).
+HELDOUT_LIMIT = 150
+ALLOCATION_TOKENS = 4
+# The objective overrides of each variant (conf/sso_experiment/cpu_world_sso.yaml's variants).
+VARIANTS = {
+    "sso": ("sso", []),
+    "pbaa": ("pbaa", []),
+    "wo_w": ("sso", ["objective.use_weight=false"]),
+    "wo_g": ("sso", ["objective.use_steering=false"]),
+    "detach": ("sso", ["objective.detach_weight=true"]),
+    "w_prime": ("sso", ["objective.weight=w_prime"]),
+}
+VARIANT_NAMES = {
+    "sso": "SSO",
+    "pbaa": "PBAA",
+    "wo_w": "SSO w/o W",
+    "wo_g": "SSO w/o G",
+    "detach": "SSO, W detached",
+    "w_prime": "SSO with W′",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: a variant at a sampling temperature and γ, run with every seed."""
+
+    variant: str
+    temperature: float = 0.7
+    gamma: float = 0.1
+    top_p: float = 0.8
+    iterations: int = ITERATIONS
+    group: str = "gamma"
+    seeds: tuple[int, ...] = field(default=SEEDS)
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}_t{self.temperature:g}_p{self.top_p:g}_g{self.gamma:g}_k{self.iterations}"
+
+    def overrides(self) -> list[str]:
+        objective, extra = VARIANTS[self.variant]
+        objective_overrides = [*extra, f"objective.gamma={self.gamma}"]
+        quoted = ",".join(f"'{o}'" for o in objective_overrides)
+        return [
+            "sso_experiment=cpu_world_sso",
+            f"train_objective={objective}",
+            f"objective_overrides=[{quoted}]",
+            f"iterations={self.iterations}",
+            f"sampling.temperature={self.temperature}",
+            f"sampling.top_p={self.top_p}",
+            f"seed={','.join(str(s) for s in self.seeds)}",
+            "task_name=sso_mechanisms",
+            f"run_name={self.name}_seed${{seed}}",
+            "wandb=null",  # the pipeline's own W&B run: not needed here (its training runs log CSV)
+            f"+heldout.limit={HELDOUT_LIMIT}",
+            f"allocation.max_new_tokens={ALLOCATION_TOKENS}",
+        ]
+
+
+def prepare(out: Path) -> dict:
+    """The CPU studies' data and starting policy at their full size (stages skipped when done)."""
+    studies = cpu_studies()
+    size = studies.SIZES["full"]
+    return {
+        "data": studies.stage(out, "data", lambda: studies.make_data(out, size))["seconds"],
+        "policy": studies.stage(out, "policy", lambda: studies.train_policy(out, size))["seconds"],
+    }
+
+
+# The grid, in the order it runs (most informative first, so that a run cut short by the session's
+# deadline keeps the main comparisons): γ's extreme and PBAA at the baseline temperature, SSO and
+# PBAA with off-policy samples (temperature 1.3), the rest of the γ sweep, the ablations at 1.3,
+# W's gradient and W′ at 1.3, temperature 1.0.
+GRID = (
+    Cell("sso", temperature=1.3, iterations=5, group="temperature"),
+    Cell("pbaa", temperature=1.3, iterations=5, group="temperature"),
+    Cell("sso", gamma=2.0, group="gamma"),
+    Cell("pbaa", group="gamma"),
+    Cell("sso", gamma=0.1, group="gamma"),
+    Cell("sso", gamma=1.0, group="gamma"),
+    Cell("sso", gamma=0.5, group="gamma"),
+    Cell("wo_w", temperature=1.3, iterations=5, group="temperature"),
+    Cell("wo_g", temperature=1.3, iterations=5, group="temperature"),
+    Cell("detach", temperature=1.3, iterations=5, group="weight"),
+    Cell("w_prime", temperature=1.3, iterations=5, group="weight"),
+    Cell("sso", temperature=1.0, group="temperature"),
+    Cell("pbaa", temperature=1.0, group="temperature"),
+)
+
+
+def work_dir(out: Path, cell: Cell, seed: int) -> Path:
+    return out / "logs" / "sso_mechanisms" / f"{cell.name}_seed{seed}"
+
+
+def finished(out: Path, cell: Cell) -> bool:
+    return all((work_dir(out, cell, s) / "report.json").exists() for s in cell.seeds)
+
+
+def run_cell(out: Path, cell: Cell) -> float | None:
+    """One cell's pipelines (a multirun over its seeds); ``None`` when they had finished before."""
+    if finished(out, cell):
+        log.info("cell %s: done before, skipped", cell.name)
+        return None
+    studies = cpu_studies()
+    return studies.app_stage(out, f"cells/{cell.name}", "prefalign.apps.sso", cell.overrides())["app_seconds"]
+
+
+# -- reading the pipelines' outputs ----------------------------------------------------------------
+def cell_rows(out: Path, cell: Cell) -> list[dict]:
+    """Per seed and iteration (0: the starting policy): the report's figures, W's per-sample
+    distribution in each training epoch and G's share of the loss over the training steps."""
+    from prefalign.analysis import load_run_metrics, load_sso_reports
+    from prefalign.core.jsonl import read_jsonl
+    from prefalign.pipelines.sso import distribution_summary
+    from prefalign.worlds.verifiable import RuleJudge
+    from prefalign.worlds.verifiable.metric import is_correct
+
+    judge = RuleJudge.from_file(out / "data" / "verifiable_principled" / "prompts.jsonl")
+    rows = []
+    for seed in cell.seeds:
+        folder = work_dir(out, cell, seed)
+        if not (folder / "report.json").exists():
+            continue
+        reports = load_sso_reports(folder)
+        rows.append(
+            {
+                "seed": seed,
+                "iteration": 0,
+                "exact_match": float(reports.iloc[0]["initial_heldout/exact_match"]),
+            }
+        )
+        for _, report in reports.iterrows():
+            i = int(report["iteration"])
+            row = {
+                "seed": seed,
+                "iteration": i,
+                "exact_match": float(report["heldout/exact_match"]),
+                "signal_accuracy": float(report["signal_accuracy"]),
+                "signal_inverted": float(report["signal_inverted"]),
+                "length_chosen": float(report["length/chosen"]),
+                "length_rejected": float(report["length/rejected"]),
+                "length_original": float(report["length/original"]),
+                "samples": int(report["samples"]),
+            }
+            # how often y+, y−, y_o are correct (what signal accuracy is made of)
+            samples = read_jsonl(folder / f"iter_{i}" / "preferences.jsonl")
+            for role in ("chosen", "rejected", "original"):
+                row[f"correct_{role}"] = statistics.fmean(
+                    is_correct(judge.gold[r["prompt"]], r[role]) for r in samples
+                )
+            train_dir = folder / f"iter_{i}" / "train"
+            per_sample = read_jsonl(train_dir / "per_sample_metrics.jsonl")
+            for epoch in sorted({r["epoch"] for r in per_sample}):
+                values = [r["weight"] for r in per_sample if r["epoch"] == epoch]
+                row[f"weight_epoch{epoch}"] = distribution_summary(values)
+            steps = load_run_metrics(train_dir).dropna(subset=["train/base_loss"])
+            # means over the iteration's training steps (each a batch mean)
+            for key, column in (
+                ("on_policy_chosen", "train/on_policy/chosen"),
+                ("on_policy_rejected", "train/on_policy/rejected"),
+                ("train_weight", "train/weight"),
+                ("train_base_loss", "train/base_loss"),
+                ("train_g", "train/g"),
+            ):
+                row[key] = float(steps[column].mean()) if column in steps else float("nan")
+            rows.append(row)
+    return rows
+
+
+# -- is the mechanism active? ---------------------------------------------------------------------
+def gradient_shares(train_dir: Path) -> dict[str, float]:
+    """At the start of an iteration (the policy = π_{i-1}), over all its training samples: how much
+    of the loss gradient flows through W and through G, and G's share of the loss.
+
+    Built from the iteration's saved training config (``train/train_config.yaml``) with the
+    library's own objects (objective, model, data module, precomputed reference columns); the
+    gradient of the summed batch losses is taken three times: with the configured objective (W
+    with its gradient), with W detached, and without G. ``w_grad_share`` = ‖∇L − ∇L_detached‖ /
+    ‖∇L‖ (the part that flows through W), ``g_grad_share`` = ‖∇L − ∇L_noG‖ / ‖∇L‖, and the
+    cosines between them. ``g_loss_share`` = Σ W·γ·G / Σ W·(γ·G + L_base) over the samples.
+    """
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from prefalign.models.loading import load_model_and_tokenizer
+    from prefalign.scoring.frozen import attach_frozen_columns
+    from prefalign.training.run import objective_wiring
+
+    cfg = OmegaConf.load(train_dir / "train_config.yaml")
+    objective = instantiate(cfg.objective, detach_weight=False)
+    variants = {
+        "full": objective,
+        "detached": instantiate(cfg.objective, detach_weight=True),
+        "no_g": instantiate(cfg.objective, use_steering=False, detach_weight=False),
+    }
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    module_cls, data_kwargs, module_kwargs = objective_wiring(cfg, objective)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, **data_kwargs)
+    attach_frozen_columns(datamodule, reference=OmegaConf.to_container(cfg.reference, resolve=True))
+    datamodule.setup("fit")
+    module_cfg = {
+        k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "_target_"
+    }
+    module = module_cls(
+        model=model,
+        objective=objective,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        **module_cfg,
+        **module_kwargs,
+    )
+    parameters = [p for p in module.model.parameters() if p.requires_grad]
+    sums = {name: [torch.zeros_like(p) for p in parameters] for name in variants}
+    weighted_g, weighted_total = 0.0, 0.0
+    for batch in datamodule.train_dataloader():
+        for name, variant in variants.items():
+            module.objective = variant
+            module.model.zero_grad(set_to_none=True)
+            output = module.objective_output(batch)
+            output.losses.sum().backward()
+            for total, p in zip(sums[name], parameters, strict=True):
+                if p.grad is not None:
+                    total += p.grad
+            if name == "full" and "g" in output.metrics:
+                w = output.metrics["weight"]
+                weighted_g += float((w * variant.gamma * output.metrics["g"]).sum())
+                weighted_total += float(
+                    (w * (variant.gamma * output.metrics["g"] + output.metrics["base_loss"])).sum()
+                )
+    flat = {name: torch.cat([g.flatten() for g in grads]) for name, grads in sums.items()}
+    norm = float(flat["full"].norm())
+    cosine = lambda a, b: float(torch.nn.functional.cosine_similarity(a, b, dim=0))  # noqa: E731
+    return {
+        "w_grad_share": float((flat["full"] - flat["detached"]).norm()) / norm,
+        "g_grad_share": float((flat["full"] - flat["no_g"]).norm()) / norm,
+        "cos_full_detached": cosine(flat["full"], flat["detached"]),
+        "cos_full_no_g": cosine(flat["full"], flat["no_g"]),
+        "g_loss_share": weighted_g / weighted_total if weighted_total else float("nan"),
+    }
+
+
+# -- tables and plots -----------------------------------------------------------------------------
+def label(cell: Cell) -> str:
+    return f"{VARIANT_NAMES[cell.variant]}, T {cell.temperature:g}" + (
+        f", γ {cell.gamma:g}" if cell.variant != "pbaa" else ""
+    )
+
+
+def by_iteration(rows: list[dict]) -> dict[int, list[dict]]:
+    grouped: dict[int, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault(row["iteration"], []).append(row)
+    return dict(sorted(grouped.items()))
+
+
+def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    values = [v for v in values if v == v]  # without NaN
+    if not values:
+        return ""
+    mean = statistics.fmean(values)
+    spread = f" ± {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{scale * mean:.{digits}f}{spread}"
+
+
+def cell_table(cells: list[dict]) -> str:
+    lines = [
+        "| cell | iteration | seeds | exact match, no principle | signal accuracy | inverted | "
+        "correct y+ / y− / y_o | e^ā(y+) | e^ā(y−) | length y+ / y− / y_o | W mean | W std across samples | W q05 / q50 / q95 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        for iteration, group in by_iteration(cell["rows"]).items():
+            if iteration == 0:
+                lines.append(
+                    f"| {cell['label']} | 0 (SFT) | {len(group)} | {fmt([r['exact_match'] for r in group])} |"
+                    + " |" * 9
+                )
+                continue
+            w = [r["weight_epoch0"] for r in group]
+            if all(x["q05"] == x["q95"] == 1.0 for x in w):  # PBAA, w/o W: W = 1, not applied
+                w_text = "not applied | | "
+            else:
+                w_text = (
+                    f"{fmt([x['mean'] for x in w], 1, 3)} | {fmt([x['std'] for x in w], 1, 3)} | "
+                    + " / ".join(f"{statistics.fmean(x[q] for x in w):.3f}" for q in ("q05", "q50", "q95"))
+                )
+            lines.append(
+                f"| {cell['label']} | {iteration} | {len(group)} | {fmt([r['exact_match'] for r in group])} | "
+                f"{fmt([r['signal_accuracy'] for r in group])} | {fmt([r['signal_inverted'] for r in group])} | "
+                + " / ".join(
+                    fmt([r[f"correct_{k}"] for r in group], 100, 0)
+                    for k in ("chosen", "rejected", "original")
+                )
+                + " | "
+                f"{fmt([r['on_policy_chosen'] for r in group], 1, 3)} | {fmt([r['on_policy_rejected'] for r in group], 1, 3)} | "
+                f"{fmt([r['length_chosen'] for r in group], 1)} / {fmt([r['length_rejected'] for r in group], 1)} / "
+                f"{fmt([r['length_original'] for r in group], 1)} | {w_text} |"
+            )
+    return "\n".join(lines)
+
+
+def summary_table(cells: list[dict]) -> str:
+    """Per cell: signal accuracy and exact match averaged over iterations and at the last one, and
+    the difference to PBAA at the same temperature (seed by seed, then mean ± sd)."""
+    pbaa = {c["cell"]["temperature"]: c for c in cells if c["cell"]["variant"] == "pbaa"}
+    lines = [
+        "| cell | iterations | signal accuracy, mean over iterations | − PBAA | signal accuracy, last | "
+        "exact match, mean over iterations | − PBAA | exact match, last | − PBAA |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def per_seed(cell: dict, key: str, last: bool) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for seed in {r["seed"] for r in cell["rows"]}:
+            rows = sorted(
+                (r for r in cell["rows"] if r["seed"] == seed and r["iteration"] > 0),
+                key=lambda r: r["iteration"],
+            )
+            if rows:
+                out[seed] = rows[-1][key] if last else statistics.fmean(r[key] for r in rows)
+        return out
+
+    for cell in cells:
+        base = pbaa.get(cell["cell"]["temperature"])
+        texts = []
+        for key, last, diff in (
+            ("signal_accuracy", False, True),
+            ("signal_accuracy", True, False),
+            ("exact_match", False, True),
+            ("exact_match", True, True),
+        ):
+            mine = per_seed(cell, key, last)
+            texts.append(fmt(list(mine.values())))
+            if diff:
+                if base is None or base is cell:
+                    texts.append("")
+                else:
+                    theirs = per_seed(base, key, last)
+                    texts.append(fmt([mine[s] - theirs[s] for s in mine if s in theirs]))
+        iterations = max((r["iteration"] for r in cell["rows"]), default=0)
+        lines.append(f"| {cell['label']} | {iterations} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def mechanism_table(cells: list[dict]) -> str:
+    """Per SSO cell and iteration: the gradient shares of W and G at the iteration's start (seed 0,
+    :func:`gradient_shares`) and G's share of the loss over the iteration's training steps,
+    γ·G / (γ·G + L_base) from the step means (all seeds; W multiplies both and cancels)."""
+    lines = [
+        "| cell | iteration | gradient share through W (seed 0) | gradient share through G (seed 0) | "
+        "cos(∇L, ∇L with W detached) | G's share of the loss during training (seeds) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        if cell["cell"]["variant"] in ("pbaa", "wo_g"):
+            continue
+        gamma = cell["cell"]["gamma"]
+        probe = (cell.get("gradients") or {}).get("0", {})
+        for i, group in by_iteration(cell["rows"]).items():
+            if i == 0:
+                continue
+            shares = [gamma * r["train_g"] / (gamma * r["train_g"] + r["train_base_loss"]) for r in group]
+            p = probe.get(str(i))
+            grad = (
+                f"{p['w_grad_share']:.3f} | {p['g_grad_share']:.3f} | {p['cos_full_detached']:.4f}"
+                if p
+                else " | | "
+            )
+            lines.append(f"| {cell['label']} | {i} | {grad} | {fmt(shares, 1, 3)} |")
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("signal_accuracy", "signal accuracy of (y+, y−)", 100.0),
+        ("exact_match", "held-out exact match, no principle", 100.0),
+        ("on_policy_chosen", "e^ā(y+)", 1.0),
+        ("w_std", "W: std across samples (epoch 1)", 1.0),
+    )
+    groups = [g for g in ("gamma", "temperature", "weight") if any(c["cell"]["group"] == g for c in cells)]
+    fig, axes = plt.subplots(
+        len(groups), len(panels), figsize=(4.2 * len(panels), 3.3 * len(groups)), squeeze=False
+    )
+    for row_axes, group in zip(axes, groups, strict=True):
+        members = [c for c in cells if c["cell"]["group"] == group]
+        if group == "weight":  # compared with SSO and PBAA at the same temperature
+            temps = {c["cell"]["temperature"] for c in members}
+            members = [
+                c
+                for c in cells
+                if c["cell"]["temperature"] in temps
+                and c["cell"]["variant"] in ("sso", "pbaa")
+                and c["cell"]["gamma"] == 0.1
+            ] + members
+        for ax, (key, title, scale) in zip(row_axes, panels, strict=True):
+            for cell in members:
+                grouped = by_iteration(cell["rows"])
+                its = [i for i in grouped if (key == "exact_match" or i > 0)]
+                value = (lambda r: r["weight_epoch0"]["std"]) if key == "w_std" else (lambda r, k=key: r[k])
+                means = [scale * statistics.fmean(value(r) for r in grouped[i]) for i in its]
+                sds = [
+                    scale * (statistics.stdev([value(r) for r in grouped[i]]) if len(grouped[i]) > 1 else 0.0)
+                    for i in its
+                ]
+                ax.errorbar(its, means, yerr=sds, marker="o", capsize=2, label=cell["label"])
+            ax.set(title=f"{title} [{group}]", xlabel="iteration")
+        row_axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_weights(cells: list[dict], path: Path) -> Path:
+    """W's per-sample distribution (epoch 1, pooled over seeds) per iteration: median and 5–95 % band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    members = [
+        c for c in cells if c["cell"]["variant"] in ("sso", "detach", "w_prime") and c["cell"]["gamma"] == 0.1
+    ]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for k, cell in enumerate(members):
+        grouped = by_iteration(cell["rows"])
+        its = [i for i in grouped if i > 0]
+        shift = (k - len(members) / 2) * 0.06
+        for q, style in (("q50", "o-"),):
+            ax.plot(
+                [i + shift for i in its],
+                [statistics.fmean(r["weight_epoch0"][q] for r in grouped[i]) for i in its],
+                style,
+                label=cell["label"],
+            )
+        ax.vlines(
+            [i + shift for i in its],
+            [statistics.fmean(r["weight_epoch0"]["q05"] for r in grouped[i]) for i in its],
+            [statistics.fmean(r["weight_epoch0"]["q95"] for r in grouped[i]) for i in its],
+            colors=ax.lines[-1].get_color(),
+        )
+    ax.set(title="W per sample (first epoch): median, 5–95 % range", xlabel="iteration", ylabel="W")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- main -----------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--out", type=Path, default=HERE / "outputs", help="output folder")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="where tables and plots go")
+    parser.add_argument("--report-only", action="store_true", help="no new runs: tables and plots from --out")
+    parser.add_argument(
+        "--cells", nargs="*", default=None, help="run only these cells, in this order (names as in the grid)"
+    )
+    parser.add_argument(
+        "--deadline",
+        default=None,
+        help="UTC time HH:MM after which no new cell starts (the report is written)",
+    )
+    parser.add_argument(
+        "--probe-deadline", default=None, help="UTC time HH:MM after which no new gradient probe starts"
+    )
+    return parser.parse_args(argv)
+
+
+def past(deadline: str | None) -> bool:
+    if not deadline:
+        return False
+    now = time.gmtime()
+    hour, minute = (int(v) for v in deadline.split(":"))
+    return (now.tm_hour, now.tm_min) >= (hour, minute)
+
+
+# The SSO cells whose gradients are probed (seed 0, iterations PROBED_ITERATIONS): the two ends of
+# the γ sweep, off-policy samples and W′ (W detached trains from the same π_0 and samples as SSO, so
+# its first probe would repeat SSO's).
+PROBED = (
+    "sso_t0.7_p0.8_g0.1_k3",
+    "sso_t0.7_p0.8_g2_k3",
+    "sso_t1.3_p0.8_g0.1_k5",
+    "w_prime_t1.3_p0.8_g0.1_k5",
+)
+PROBED_ITERATIONS = (1, 3)
+
+
+def probe_gradients(
+    out: Path, cell: Cell, seeds: tuple[int, ...], deadline: str | None = None
+) -> dict[str, dict[str, dict]]:
+    """:func:`gradient_shares` for iterations :data:`PROBED_ITERATIONS` of the given seeds of an SSO
+    cell (cached in ``<out>/gradients/<cell>.json``; none started after ``deadline``)."""
+    cache = out / "gradients" / f"{cell.name}.json"
+    done = json.loads(cache.read_text()) if cache.exists() else {}
+    for seed in seeds:
+        folder = work_dir(out, cell, seed)
+        if not (folder / "report.json").exists():
+            continue
+        for i in PROBED_ITERATIONS:
+            if i > cell.iterations or str(i) in done.get(str(seed), {}) or past(deadline):
+                continue
+            log.info("gradient shares: %s seed %d iteration %d", cell.name, seed, i)
+            done.setdefault(str(seed), {})[str(i)] = gradient_shares(folder / f"iter_{i}" / "train")
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(done, indent=2))
+    return done
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    # one thread per process: on shared cores, torch's default thread pool spin-waits (measured 17x slower)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    started = time.perf_counter()
+    timings: dict[str, Any] = {}
+    if not args.report_only:
+        timings.update(prepare(out))
+        by_name = {cell.name: cell for cell in GRID}
+        unknown = [name for name in args.cells or () if name not in by_name]
+        if unknown:
+            raise SystemExit(f"--cells: unknown cell(s) {unknown}; the grid's cells: {list(by_name)}")
+        for cell in [by_name[name] for name in args.cells] if args.cells else GRID:
+            if past(args.deadline) and not finished(out, cell):
+                log.info("deadline %s passed: cell %s not started", args.deadline, cell.name)
+                continue
+            seconds = run_cell(out, cell)
+            if seconds is not None:
+                timings[cell.name] = seconds
+    import torch
+
+    torch.set_num_threads(1)
+    cells, missing = [], []
+    for cell in GRID:
+        rows = cell_rows(out, cell)
+        if not rows:
+            missing.append(cell.name)
+            continue
+        entry = {
+            "name": cell.name,
+            "label": label(cell),
+            "cell": cell.__dict__ | {"seeds": list(cell.seeds)},
+            "rows": rows,
+        }
+        if cell.name in PROBED and not args.report_only and not past(args.probe_deadline):
+            entry["gradients"] = probe_gradients(out, cell, cell.seeds[:1], args.probe_deadline)
+        elif (out / "gradients" / f"{cell.name}.json").exists():
+            entry["gradients"] = json.loads((out / "gradients" / f"{cell.name}.json").read_text())
+        cells.append(entry)
+    policy = cpu_studies().policy_results(out)
+    sections = [
+        "Starting policy (exact match): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in policy.items()),
+        "## Summary per cell (seed by seed differences to PBAA at the same temperature; %)\n\n"
+        + summary_table(cells),
+        "## Is the mechanism active? (gradient shares: seed 0, at the start of each iteration, π = π_{i−1})\n\n"
+        + mechanism_table(cells),
+        "## Per iteration (W: first-epoch distribution across the iteration's samples, seed means)\n\n"
+        + cell_table(cells),
+    ]
+    if missing:
+        sections.append("Cells not run (no finished seed): " + ", ".join(missing))
+    args.results.mkdir(parents=True, exist_ok=True)
+    plots = [
+        str(plot(cells, args.results / "sso_mechanisms.png")),
+        str(plot_weights(cells, args.results / "weights.png")),
+    ]
+    results = {
+        "cells": cells,
+        "missing_cells": missing,
+        "policy": policy,
+        "plots": plots,
+        "timings_s": timings,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    text = "\n\n".join(sections) + "\n"
+    (args.results / "results.md").write_text(text)
+    (args.results / "results.json").write_text(json.dumps(results, indent=2))
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
