@@ -162,17 +162,43 @@ def parse_features(answer: str, known: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def is_exact_allocation(answer: str, known: Mapping[str, Any]) -> bool:
+    """Whether the answer's first line is exactly the Table 14 format: known feature names (exact
+    case) separated by commas, e.g. ``Logicality,Accuracy``."""
+    lines = answer.strip().splitlines()
+    pieces = [p.strip() for p in lines[0].split(",")] if lines else []
+    return bool(pieces) and all(p in known for p in pieces)
+
+
 @dataclass
 class AllocationStats:
-    """How feature allocation went: picks per feature and the answers that did not parse."""
+    """How feature allocation went: picks per feature, the answers in the exact Table 14 format,
+    and the answers that did not parse (fallbacks).
+
+    Attributes:
+        picked: picks per feature.
+        fallbacks: answers naming no known feature (a random feature was picked).
+        exact: answers whose first line is exactly ``Feature1,Feature2`` (:func:`is_exact_allocation`).
+        total: answers seen.
+    """
 
     picked: Counter = field(default_factory=Counter)
     fallbacks: int = 0
     total: int = 0
+    exact: int = 0
 
     @property
     def fallback_rate(self) -> float:
         return self.fallbacks / self.total if self.total else 0.0
+
+    @property
+    def parse_rate(self) -> float:
+        """Share of answers naming at least one known feature (1 - fallback rate)."""
+        return 1.0 - self.fallback_rate if self.total else 0.0
+
+    @property
+    def exact_rate(self) -> float:
+        return self.exact / self.total if self.total else 0.0
 
 
 def allocate_feature(
@@ -181,6 +207,7 @@ def allocate_feature(
     """Pick one of the features the policy named (at random), or a random feature if none parsed."""
     candidates = parse_features(answer, principles)
     stats.total += 1
+    stats.exact += is_exact_allocation(answer, principles)
     if not candidates:
         stats.fallbacks += 1
         candidates = sorted(principles)

@@ -586,6 +586,8 @@ class SSOPipeline:
             "allocated": len(rows),
             "fallbacks": stats.fallbacks,
             "fallback_rate": stats.fallback_rate,
+            "parse_rate": stats.parse_rate,  # answers naming at least one known feature
+            "exact_format_rate": stats.exact_rate,  # answers exactly "Feature1,Feature2"
             "features": dict(stats.picked),
             "prompt_file_dropped": dict(self._prompt_drops.counts),
         }
