@@ -38,3 +38,12 @@ def test_signal_accuracy_counts_verdicts():
     verdicts = iter(["a", "a", "b", None])
     stats = signal_accuracy(lambda p, a, b: next(verdicts), [("p", "a", "b")] * 4)
     assert stats == {"signal_accuracy": 0.5, "signal_inverted": 0.25, "signal_unsure": 0.25}
+
+
+def test_signal_accuracy_tells_position_bias_and_off_format_answers_from_disagreement():
+    # item 1: agree on a; item 2: always "m" (position bias, unsure); item 3: off-format (unsure)
+    generator = _ScriptedGenerator(["m", "M", "m", "m", "The best", "M"])
+    stats = signal_accuracy(LLMJudge(generator), [("p1", "a", "b"), ("p2", "a", "b"), ("p3", "a", "b")])
+    assert stats["signal_accuracy"] == stats["signal_unsure"] / 2 == 1 / 3
+    assert stats["judge_answers/m"] == 3 / 6 and stats["judge_answers/M"] == 2 / 6
+    assert stats["judge_answers/unparsed"] == 1 / 6

@@ -7,6 +7,7 @@ orders and answers only when the two orders agree.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ class LLMJudge:
     def __init__(self, generator: Generator, max_new_tokens: int = 4) -> None:
         self.generator = generator
         self.config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+        # The last judge_many call's answers over both orders: "m", "M", or "unparsed" (neither);
+        # tells an unsure verdict from a judge that always names one position or answers off-format.
+        self.answer_counts: Counter = Counter()
 
     @classmethod
     def from_model_config(
@@ -44,6 +48,7 @@ class LLMJudge:
             conversations.append(judge_messages(prompt, a, b))  # a is "m"
             conversations.append(judge_messages(prompt, b, a))  # a is "M"
         answers = [parse_judge_answer(g.text) for g in self.generator.generate(conversations, self.config)]
+        self.answer_counts = Counter(a or "unparsed" for a in answers)
         verdicts = []
         for first, second in zip(answers[0::2], answers[1::2], strict=True):
             a_first = {"m": "a", "M": "b"}.get(first or "")
@@ -56,11 +61,21 @@ class LLMJudge:
 
 
 def signal_accuracy(judge: Judge, triples: Sequence[tuple[str, str, str]]) -> dict[str, float]:
-    """Share of (prompt, y+, y−) where the judge prefers y+, prefers y−, or is unsure."""
+    """Share of (prompt, y+, y−) where the judge prefers y+, prefers y−, or is unsure.
+
+    A judge that counts its raw answers (:class:`LLMJudge`: ``answer_counts``) adds their shares
+    over both orders, ``judge_answers/m``, ``judge_answers/M`` and ``judge_answers/unparsed``: an
+    "unsure" rate from a judge that always names the same position differs from an off-format one.
+    """
     verdicts = judge.judge_many(triples) if hasattr(judge, "judge_many") else [judge(*t) for t in triples]
     n = max(len(verdicts), 1)
-    return {
+    stats = {
         "signal_accuracy": sum(v == "a" for v in verdicts) / n,
         "signal_inverted": sum(v == "b" for v in verdicts) / n,
         "signal_unsure": sum(v is None for v in verdicts) / n,
     }
+    counts = getattr(judge, "answer_counts", None)
+    if counts is not None:
+        answers = max(sum(counts.values()), 1)
+        stats.update({f"judge_answers/{k}": counts[k] / answers for k in ("m", "M", "unparsed")})
+    return stats
