@@ -490,6 +490,9 @@ class SSOPipeline:
             "name_or_path": str(self.iteration_dir(i) / "policy"),
             "tiny": None,
             "chat_template": None,
+            # π_i is a safetensors folder: a starting model's GGUF file (an absolute path) would
+            # otherwise be loaded in its place, silently sampling and training from π_0 again
+            "gguf_file": None,
         }
 
     def generator(self, i: int) -> Generator:
