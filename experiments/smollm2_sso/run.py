@@ -195,6 +195,28 @@ def headline(iteration: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def stage_seconds(args: argparse.Namespace) -> dict[str, float]:
+    """Wall seconds of every stage (``iter_<i>/<stage>``) from the pipeline's log lines
+    ("iteration i: stage" starts a stage; the next such line, or the report, ends it)."""
+    import datetime
+    import re
+
+    pattern = re.compile(
+        r"^\[([\d-]+ [\d:,]+)\]\[prefalign\.pipelines\.sso\]\[INFO\] - iteration (\d+): (\w+|\{)"
+    )
+    marks = []
+    for line in (args.out / "hydra" / "sso.log").read_text(encoding="utf-8").splitlines():
+        found = pattern.match(line)
+        if found:
+            when = datetime.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f")
+            marks.append((when, f"iter_{found[2]}/{found[3]}"))
+    return {
+        name: (marks[k + 1][0] - when).total_seconds()
+        for k, (when, name) in enumerate(marks[:-1])
+        if not name.endswith("{")
+    }
+
+
 def summarise(args: argparse.Namespace, prep: dict, timing: dict) -> dict[str, Any]:
     from prefalign.core.jsonl import read_jsonl
 
@@ -235,7 +257,7 @@ def summarise(args: argparse.Namespace, prep: dict, timing: dict) -> dict[str, A
         "headline": [headline(it) for it in iterations],
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "prompts": prep,
-        "timing": timing,
+        "timing": {**timing, "stage_seconds": stage_seconds(args)},
         "iterations": iterations,
     }
 
@@ -281,8 +303,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from prefalign.core.jsonl import write_json
 
     if args.summarise_only:
-        previous = json.loads((args.results / "summary.json").read_text(encoding="utf-8"))
-        prep, timing = previous["prompts"], previous["timing"]
+        earlier = args.results / "summary.json"
+        previous = json.loads(earlier.read_text(encoding="utf-8")) if earlier.exists() else {}
+        prep, timing = previous.get("prompts", {}), previous.get("timing", {})
     else:
         prompts = args.out / "prompts.jsonl"
         started = time.perf_counter()
