@@ -180,3 +180,21 @@ def test_judge_prompt_and_answers():
     )
     assert parse_judge_answer(" M\n") == "M" and parse_judge_answer("m") == "m"
     assert parse_judge_answer("model m") is None and parse_judge_answer("") is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [  # SmolLM2-135M-Instruct's answers to the Table 15 prompt
+        ("The best model identifier is: m", "m"),
+        ("The best model identifier for the best model is M.", "M"),
+        ("The best model identifier for this task is:\n\nm", "m"),
+        ("The best model identifier is: m.\n\nThe best", "m"),
+        ("The best model identifier for the best model is:", None),
+        ("Either m or M could be best", None),  # both named: no verdict
+        ("M", "M"),
+    ],
+)
+def test_judge_answers_inside_a_sentence_count_only_when_asked(answer, expected):
+    assert parse_judge_answer(answer, in_sentence=True) == expected
+    if answer != "M":
+        assert parse_judge_answer(answer) is None  # the default: the identifier alone

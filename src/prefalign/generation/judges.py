@@ -20,8 +20,10 @@ Judge = Callable[[str, str, str], "str | None"]
 class LLMJudge:
     """Table 15 judge on a local model; "unsure" (None) when swapping the outputs changes the verdict."""
 
-    def __init__(self, generator: Generator, max_new_tokens: int = 4) -> None:
+    def __init__(self, generator: Generator, max_new_tokens: int = 4, in_sentence: bool = False) -> None:
         self.generator = generator
+        # count an identifier named inside a sentence (parse_judge_answer's in_sentence)
+        self.in_sentence = in_sentence
         self.config = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
         # The last judge_many call's answers over both orders: "m", "M", or "unparsed" (neither);
         # tells an unsure verdict from a judge that always names one position or answers off-format.
@@ -33,13 +35,16 @@ class LLMJudge:
         model: Mapping[str, Any],
         max_new_tokens: int = 4,
         generation: Mapping[str, Any] | None = None,
+        in_sentence: bool = False,
     ) -> LLMJudge:
         """A judge on the causal LM described by a ``model`` config (e.g. from ``judge:`` in
         ``conf/sso.yaml``), sampled by the ``generation`` backend (default: hf on this rank's GPU
-        or the CPU, :func:`prefalign.generation.backends.build_generator`)."""
+        or the CPU, :func:`prefalign.generation.backends.build_generator`); ``in_sentence``: also
+        count an identifier the judge names inside a sentence (a small judge's habit)."""
         from prefalign.generation.backends import build_generator
 
-        return cls(build_generator(dict(generation or {"backend": "hf"}), dict(model)), max_new_tokens)
+        generator = build_generator(dict(generation or {"backend": "hf"}), dict(model))
+        return cls(generator, max_new_tokens, in_sentence)
 
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[str | None]:
         """Verdicts for (prompt, a, b) triples: "a", "b" or None."""
@@ -47,7 +52,8 @@ class LLMJudge:
         for prompt, a, b in items:
             conversations.append(judge_messages(prompt, a, b))  # a is "m"
             conversations.append(judge_messages(prompt, b, a))  # a is "M"
-        answers = [parse_judge_answer(g.text) for g in self.generator.generate(conversations, self.config)]
+        generations = self.generator.generate(conversations, self.config)
+        answers = [parse_judge_answer(g.text, self.in_sentence) for g in generations]
         self.answer_counts = Counter(a or "unparsed" for a in answers)
         verdicts = []
         for first, second in zip(answers[0::2], answers[1::2], strict=True):

@@ -257,7 +257,21 @@ def judge_messages(instruction: str, output_m: str, output_M: str) -> list[dict[
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
-def parse_judge_answer(answer: str) -> str | None:
-    """``"m"`` or ``"M"`` from a judge's answer, or ``None`` when it is neither."""
+_IDENTIFIER = re.compile(r"(?<![A-Za-z0-9_])([mM])(?![A-Za-z0-9_])")
+
+
+def parse_judge_answer(answer: str, in_sentence: bool = False) -> str | None:
+    """``"m"`` or ``"M"`` from a judge's answer, or ``None`` when it is neither.
+
+    The Table 15 prompt asks for the identifier alone, and by default only an answer starting with
+    it counts. A small judge often wraps it in a sentence ("The best model identifier is: m",
+    SmolLM2-135M); with ``in_sentence`` such an answer counts when it names exactly one identifier
+    as a standalone letter (both, or none: ``None``).
+    """
     token = answer.strip().strip("\"'`.").split()
-    return token[0] if token and token[0] in ("m", "M") else None
+    if token and token[0] in ("m", "M"):
+        return token[0]
+    if not in_sentence:
+        return None
+    named = set(_IDENTIFIER.findall(answer))
+    return named.pop() if len(named) == 1 else None
