@@ -49,6 +49,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "outputs", help="run folder (git-ignored)")
     parser.add_argument("--results", type=Path, default=HERE / "results", help="summary.json and plot")
     parser.add_argument(
+        "--rejudge",
+        type=int,
+        nargs="*",
+        default=[],
+        help="with --summarise-only: judge these iterations' (y+, y-) pairs again with the experiment "
+        "config's judge as it is now (for a run whose evaluate stage used an older judge setting)",
+    )
+    parser.add_argument(
+        "--rejudged-from",
+        type=Path,
+        default=None,
+        help="a summary.json whose re-judged figures are kept for the iterations not in --rejudge",
+    )
+    parser.add_argument(
         "--summarise-only",
         action="store_true",
         help="rebuild summary.json and the plot from a finished run in --out (its timing and prompt "
@@ -177,7 +191,8 @@ def headline(iteration: dict[str, Any]) -> dict[str, Any]:
         "iteration": iteration["iteration"],
         "samples": report["samples"],
         **{f"allocation/{k}": v for k, v in iteration["allocation"].items() if k.endswith("rate")},
-        **{k: report[k] for k in ("signal_accuracy", "signal_inverted", "signal_unsure") if k in report},
+        **{k: v for k, v in report.items() if k.startswith(("signal_", "judge_answers/"))},
+        **{f"rejudged/{k}": v for k, v in report.get("rejudged", {}).items() if isinstance(v, float)},
         **{k: v for k, v in report.items() if k.startswith("length/") or k == "hit_max_new_tokens"},
     }
     for key in (
@@ -217,10 +232,39 @@ def stage_seconds(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def rejudge(args: argparse.Namespace, work_dir: Path, i: int) -> dict[str, Any]:
+    """Signal accuracy of iteration ``i``'s pairs under the config's judge as it is now, through
+    the library's judge (what the pipeline's evaluate stage computes), with its settings."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from prefalign.core.jsonl import read_jsonl
+    from prefalign.generation.judges import signal_accuracy
+
+    cfg = compose("sso", ["sso_experiment=smollm2_sharegpt", f"paths.root_dir={args.out}"])
+    rows = read_jsonl(work_dir / f"iter_{i}" / "preferences.jsonl")
+    started = time.perf_counter()
+    stats = signal_accuracy(
+        hydra.utils.instantiate(cfg.judge), [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    )
+    settings = OmegaConf.to_container(cfg.judge, resolve=True)
+    return {
+        **stats,
+        "judge_settings": {k: v for k, v in settings.items() if k != "model"},
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def summarise(args: argparse.Namespace, prep: dict, timing: dict) -> dict[str, Any]:
     from prefalign.core.jsonl import read_jsonl
 
     work_dir = args.out / "logs" / "smollm2_sso" / RUN_NAME
+    earlier_rejudged = {}
+    if args.rejudged_from is not None:
+        earlier = json.loads(args.rejudged_from.read_text(encoding="utf-8"))
+        for it in earlier["iterations"]:
+            if "rejudged" in it["report"]:
+                earlier_rejudged[it["iteration"]] = it["report"]["rejudged"]
     iterations = []
     for i in range(1, args.iterations + 1):
         allocate, sample, report = (
@@ -230,6 +274,10 @@ def summarise(args: argparse.Namespace, prep: dict, timing: dict) -> dict[str, A
         )
         allocated = read_jsonl(work_dir / f"iter_{i}" / "allocated.jsonl")
         steps = training_log(work_dir, i)
+        if i in args.rejudge:
+            report = {**report, "rejudged": rejudge(args, work_dir, i)}
+        elif i in earlier_rejudged:
+            report = {**report, "rejudged": earlier_rejudged[i]}
         iterations.append(
             {
                 "iteration": i,
