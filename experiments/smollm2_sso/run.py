@@ -217,7 +217,7 @@ def stage_seconds(args: argparse.Namespace) -> dict[str, float]:
     import re
 
     pattern = re.compile(
-        r"^\[([\d-]+ [\d:,]+)\]\[prefalign\.pipelines\.sso\]\[INFO\] - iteration (\d+): (\w+|\{)"
+        r"^\[([\d-]+ [\d:,]+)\]\[prefalign\.pipelines\.sso\]\[INFO\] - iteration (\d+): (allocate|sample|train|evaluate|\{)"
     )
     marks = []
     for line in (args.out / "hydra" / "sso.log").read_text(encoding="utf-8").splitlines():
