@@ -55,3 +55,23 @@ def test_the_judge_labels_its_bar_when_the_backend_draws_one(monkeypatch, capsys
     verdicts = iter(["a", "b"])
     signal_accuracy(lambda p, a, b: next(verdicts), [("p", "a", "b")] * 2)  # pair by pair: a bar
     assert "2/2" in capsys.readouterr().err
+
+
+def test_signal_accuracy_tells_position_bias_and_off_format_answers_from_disagreement():
+    # item 1: agree on a; item 2: always "m" (position bias, unsure); item 3: off-format (unsure)
+    generator = _ScriptedGenerator(["m", "M", "m", "m", "The best", "M"])
+    stats = signal_accuracy(LLMJudge(generator), [("p1", "a", "b"), ("p2", "a", "b"), ("p3", "a", "b")])
+    assert stats["signal_accuracy"] == stats["signal_unsure"] / 2 == 1 / 3
+    assert stats["judge_answers/m"] == 3 / 6 and stats["judge_answers/M"] == 2 / 6
+    assert stats["judge_answers/unparsed"] == 1 / 6
+
+
+def test_a_judge_can_count_identifiers_named_inside_a_sentence():
+    answers = ["The best model identifier is: m", "The best is M.", "The best model is m"] * 2
+    strict = signal_accuracy(LLMJudge(_ScriptedGenerator(list(answers[:4]))), [("p", "a", "b")] * 2)
+    assert strict["signal_unsure"] == 1.0 and strict["judge_answers/unparsed"] == 1.0
+    lenient = LLMJudge(_ScriptedGenerator(list(answers[:4])), in_sentence=True)
+    stats = signal_accuracy(lenient, [("p", "a", "b")] * 2)
+    # item 1: m then M (a both times); item 2: m then m (position bias: unsure)
+    assert stats["signal_accuracy"] == stats["signal_unsure"] == 0.5
+    assert stats["judge_answers/unparsed"] == 0.0

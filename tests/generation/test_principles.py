@@ -11,6 +11,7 @@ from prefalign.generation.principles import (
     PrincipleError,
     allocate_feature,
     allocation_prompt,
+    is_exact_allocation,
     judge_messages,
     load_principles,
     parse_features,
@@ -146,6 +147,26 @@ def test_allocation_picks_a_named_feature_seeded_and_counts_fallbacks():
     assert picks[0][0] in ("Logicality", "Accuracy") and picks[0][2] == "Safety"
     assert stats.total == 5 and stats.fallbacks == 2 and stats.fallback_rate == pytest.approx(0.4)
     assert sum(stats.picked.values()) == 5
+    # parsed: named a known feature; exact: the first line is only "Feature1,Feature2"
+    assert stats.parse_rate == pytest.approx(0.6)
+    assert stats.exact == 3 and stats.exact_rate == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize(
+    ("answer", "exact"),
+    [
+        ("Logicality,Accuracy", True),
+        ("Safety\n### Query\nnext", True),
+        ("Accuracy, Logicality", True),  # the paper's own examples put a space after the comma
+        ("accuracy,logicality", False),  # parsed (case-insensitive), not the exact names
+        ("Accuracy and Logicality", False),
+        ("**Accuracy**,Safety", False),
+        ("### Example\nAccuracy", False),  # what SmolLM2-135M answers: the pattern, not the features
+        ("", False),
+    ],
+)
+def test_exact_table14_format_is_told_apart_from_a_lenient_parse(answer, exact):
+    assert is_exact_allocation(answer, load_principles()) is exact
 
 
 def test_judge_prompt_and_answers():
@@ -159,3 +180,21 @@ def test_judge_prompt_and_answers():
     )
     assert parse_judge_answer(" M\n") == "M" and parse_judge_answer("m") == "m"
     assert parse_judge_answer("model m") is None and parse_judge_answer("") is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [  # SmolLM2-135M-Instruct's answers to the Table 15 prompt
+        ("The best model identifier is: m", "m"),
+        ("The best model identifier for the best model is M.", "M"),
+        ("The best model identifier for this task is:\n\nm", "m"),
+        ("The best model identifier is: m.\n\nThe best", "m"),
+        ("The best model identifier for the best model is:", None),
+        ("Either m or M could be best", None),  # both named: no verdict
+        ("M", "M"),
+    ],
+)
+def test_judge_answers_inside_a_sentence_count_only_when_asked(answer, expected):
+    assert parse_judge_answer(answer, in_sentence=True) == expected
+    if answer != "M":
+        assert parse_judge_answer(answer) is None  # the default: the identifier alone

@@ -104,6 +104,8 @@ def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, 
         )
         == 8
     )
+    assert allocation["parse_rate"] == pytest.approx(1 - allocation["fallback_rate"])
+    assert 0 <= allocation["exact_format_rate"] <= allocation["parse_rate"]
 
     # as if killed after sampling in iteration 2: training and evaluation are redone, sampling is not
     samples = (work / "iter_2" / "preferences.jsonl").read_text()

@@ -83,8 +83,6 @@ def score(cfg: DictConfig) -> list[dict]:
                     "path": str(table.path),
                 }
             )
-    import torch.distributed as dist  # here, not at the top: --help / --cfg job never load torch
-
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     for row in rows if rank == 0 else []:
         log.info(

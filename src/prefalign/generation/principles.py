@@ -162,17 +162,43 @@ def parse_features(answer: str, known: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def is_exact_allocation(answer: str, known: Mapping[str, Any]) -> bool:
+    """Whether the answer's first line is exactly the Table 14 format: known feature names (exact
+    case) separated by commas, e.g. ``Logicality,Accuracy``."""
+    lines = answer.strip().splitlines()
+    pieces = [p.strip() for p in lines[0].split(",")] if lines else []
+    return bool(pieces) and all(p in known for p in pieces)
+
+
 @dataclass
 class AllocationStats:
-    """How feature allocation went: picks per feature and the answers that did not parse."""
+    """How feature allocation went: picks per feature, the answers in the exact Table 14 format,
+    and the answers that did not parse (fallbacks).
+
+    Attributes:
+        picked: picks per feature.
+        fallbacks: answers naming no known feature (a random feature was picked).
+        exact: answers whose first line is exactly ``Feature1,Feature2`` (:func:`is_exact_allocation`).
+        total: answers seen.
+    """
 
     picked: Counter = field(default_factory=Counter)
     fallbacks: int = 0
     total: int = 0
+    exact: int = 0
 
     @property
     def fallback_rate(self) -> float:
         return self.fallbacks / self.total if self.total else 0.0
+
+    @property
+    def parse_rate(self) -> float:
+        """Share of answers naming at least one known feature (1 - fallback rate)."""
+        return 1.0 - self.fallback_rate if self.total else 0.0
+
+    @property
+    def exact_rate(self) -> float:
+        return self.exact / self.total if self.total else 0.0
 
 
 def allocate_feature(
@@ -181,6 +207,7 @@ def allocate_feature(
     """Pick one of the features the policy named (at random), or a random feature if none parsed."""
     candidates = parse_features(answer, principles)
     stats.total += 1
+    stats.exact += is_exact_allocation(answer, principles)
     if not candidates:
         stats.fallbacks += 1
         candidates = sorted(principles)
@@ -230,7 +257,21 @@ def judge_messages(instruction: str, output_m: str, output_M: str) -> list[dict[
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
-def parse_judge_answer(answer: str) -> str | None:
-    """``"m"`` or ``"M"`` from a judge's answer, or ``None`` when it is neither."""
+_IDENTIFIER = re.compile(r"(?<![A-Za-z0-9_])([mM])(?![A-Za-z0-9_])")
+
+
+def parse_judge_answer(answer: str, in_sentence: bool = False) -> str | None:
+    """``"m"`` or ``"M"`` from a judge's answer, or ``None`` when it is neither.
+
+    The Table 15 prompt asks for the identifier alone, and by default only an answer starting with
+    it counts. A small judge often wraps it in a sentence ("The best model identifier is: m",
+    SmolLM2-135M); with ``in_sentence`` such an answer counts when it names exactly one identifier
+    as a standalone letter (both, or none: ``None``).
+    """
     token = answer.strip().strip("\"'`.").split()
-    return token[0] if token and token[0] in ("m", "M") else None
+    if token and token[0] in ("m", "M"):
+        return token[0]
+    if not in_sentence:
+        return None
+    named = set(_IDENTIFIER.findall(answer))
+    return named.pop() if len(named) == 1 else None

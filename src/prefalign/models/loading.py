@@ -224,6 +224,8 @@ def load_causal_lm(
             model.config.pad_token_id = model.config.eos_token_id
     else:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if gguf_file:
+        drop_dequantised_gguf_marker(model)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -247,6 +249,27 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [_plain(v) for v in value]
     return value
+
+
+def drop_dequantised_gguf_marker(model: PreTrainedModel) -> None:
+    """Make a model loaded from GGUF with dequantised weights a plain model, which can be trained
+    and saved (``save_pretrained``, the SSO pipeline's and the trainer's Hugging Face export).
+
+    transformers keeps its GGUF quantizer on such a model (``hf_quantizer``, ``is_quantized``,
+    ``config.quantization_config``) even when every weight is a plain tensor (without the
+    ``kernels`` package it dequantises every layer), and then refuses to save it ("quantized with
+    gguf and is not serializable"). When no module holds packed GGUF blocks, the marker is removed;
+    a model that still holds packed blocks is left as it is (inference only).
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if (
+        quantizer is None
+        or "gguf" not in str(getattr(quantizer.quantization_config, "quant_method", "")).lower()
+    ):
+        return
+    if any(type(module).__name__.lower().startswith("gguf") for module in model.modules()):
+        return
+    quantizer.remove_quantization_config(model)
 
 
 def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

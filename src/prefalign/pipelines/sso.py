@@ -46,6 +46,7 @@ import math
 import random
 import secrets
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -367,18 +368,27 @@ class ShardedGenerator:
 
 class ShardedJudge:
     """A judge whose ``judge_many(triples)`` is shared across the ranks (:func:`shard_map`); the
-    verdicts are those of the wrapped judge, which decodes greedily."""
+    verdicts are those of the wrapped judge, which decodes greedily. When the wrapped judge records
+    its raw answers (:class:`prefalign.generation.judges.LLMJudge`: ``answer_pairs``), the answers
+    of every rank are counted in ``answer_counts``, as the wrapped judge counts them in one process."""
 
     def __init__(self, judge: Any) -> None:
         self.judge = judge
+        self.answer_counts: Counter | None = None
 
     def judge_many(self, triples: list) -> list:
         def verdicts(part: list) -> list:
             if hasattr(self.judge, "judge_many"):
-                return self.judge.judge_many(part)
-            return [self.judge(*t) for t in part]
+                out = self.judge.judge_many(part)
+            else:
+                out = [self.judge(*t) for t in part]
+            pairs = getattr(self.judge, "answer_pairs", None) if part else None
+            return [(v, pairs[k] if pairs is not None else None) for k, v in enumerate(out)]
 
-        return shard_map(verdicts, list(triples))
+        results = shard_map(verdicts, list(triples))
+        if any(pair is not None for _, pair in results):
+            self.answer_counts = Counter(a or "unparsed" for _, pair in results if pair for a in pair)
+        return [v for v, _ in results]
 
 
 def barrier() -> None:
@@ -564,6 +574,9 @@ class SSOPipeline:
             "name_or_path": str(self.iteration_dir(i) / "policy"),
             "tiny": None,
             "chat_template": None,
+            # π_i is a safetensors folder: a starting model's GGUF file (an absolute path) would
+            # otherwise be loaded in its place, silently sampling and training from π_0 again
+            "gguf_file": None,
         }
 
     def generator(self, i: int) -> Generator:
@@ -666,6 +679,8 @@ class SSOPipeline:
             "allocated": len(rows),
             "fallbacks": stats.fallbacks,
             "fallback_rate": stats.fallback_rate,
+            "parse_rate": stats.parse_rate,  # answers naming at least one known feature
+            "exact_format_rate": stats.exact_rate,  # answers exactly "Feature1,Feature2"
             "features": dict(stats.picked),
             "prompt_file_dropped": dict(self._prompt_drops.counts),
         }

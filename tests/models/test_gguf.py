@@ -1,0 +1,76 @@
+"""A model loaded from a GGUF file (dequantised) is a plain model: it trains and saves.
+
+transformers keeps its GGUF quantizer on the dequantised model and then refuses ``save_pretrained``,
+which broke the SSO pipeline's export of every iteration's policy trained from SmolLM2's GGUF.
+The fixture is a tiny Llama written with the ``gguf`` package (float32 tensors)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefalign.models.loading import load_causal_lm
+
+gguf = pytest.importorskip("gguf", reason="the demo extra is not installed: pip install -e '.[demo]'")
+
+VOCAB, HIDDEN, FFN, LAYERS, HEADS = 64, 32, 64, 2, 4
+
+
+def _tiny_llama_gguf(folder) -> str:
+    """A 2-layer Llama (hidden 32, vocabulary 64) as ``folder/tiny.gguf``; returns the file name."""
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(folder / "tiny.gguf"), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(HEADS)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_vocab_size(VOCAB)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(VOCAB)])
+    writer.add_token_types([1] * VOCAB)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(VOCAB, HIDDEN))
+    for i in range(LAYERS):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(HIDDEN, np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(HIDDEN, HIDDEN))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(HIDDEN, np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(FFN, HIDDEN))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(FFN, HIDDEN))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(HIDDEN, FFN))
+    writer.add_tensor("output_norm.weight", np.ones(HIDDEN, np.float32))
+    writer.add_tensor("output.weight", weight(VOCAB, HIDDEN))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return "tiny.gguf"
+
+
+def test_a_dequantised_gguf_model_trains_and_saves_like_a_plain_model(tmp_path):
+    name = _tiny_llama_gguf(tmp_path)
+    model = load_causal_lm(str(tmp_path), gguf_file=name)
+    assert model.config.hidden_size == HIDDEN and model.config.vocab_size == VOCAB
+    assert getattr(model, "hf_quantizer", None) is None and not model.is_quantized
+    assert not hasattr(model.config, "quantization_config")
+    ids = torch.tensor([[2, 3, 4, 5]])
+    model(input_ids=ids, labels=ids).loss.backward()  # trainable: plain tensors with gradients
+    assert model.lm_head.weight.grad is not None
+    model.save_pretrained(tmp_path / "saved")  # refused before the fix ("not serializable")
+    saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
+    assert torch.equal(saved["lm_head.weight"], model.lm_head.weight.detach())
+    reloaded = load_causal_lm(str(tmp_path / "saved"))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)

@@ -1,0 +1,67 @@
+"""An SSO run that starts from a GGUF model (SmolLM2's) samples and trains π_i from π_i's own
+exported folder: the starting model's ``gguf_file`` (an absolute path) is not carried over, or
+transformers would load the GGUF in its place and every iteration would restart from π_0."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from prefalign.config import config_dir, register_resolvers
+from prefalign.models.loading import load_causal_lm
+from prefalign.pipelines.sso import SSOPipeline
+
+pytest.importorskip("gguf", reason="the demo extra is not installed: pip install -e '.[demo]'")
+_spec = importlib.util.spec_from_file_location(
+    "gguf_fixture", Path(__file__).parents[1] / "models" / "test_gguf.py"
+)
+_fixture = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fixture)
+
+
+def test_later_policies_are_loaded_from_their_folder_not_the_starting_gguf(tmp_path):
+    start = tmp_path / "start"
+    start.mkdir()
+    gguf_file = str(start / _fixture._tiny_llama_gguf(start))  # absolute, as ${package_file:...} gives
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(
+                config_name="sso",
+                overrides=[
+                    "model=hf",
+                    f"model.name_or_path={start}",
+                    f"model.gguf_file={gguf_file}",
+                    "model.dtype=float32",
+                    "iterations=2",
+                    f"paths.root_dir={tmp_path}",
+                    "wandb=null",
+                ],
+                return_hydra_config=True,
+            )
+            pipeline = SSOPipeline(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert pipeline.policy_model_cfg(0)["gguf_file"] == gguf_file
+    assert pipeline.policy_model_cfg(1)["gguf_file"] is None
+    assert pipeline.train_configs[1].model.gguf_file == gguf_file  # π_0 trains from the GGUF
+    assert pipeline.train_configs[2].model.gguf_file is None  # π_1 from iteration 1's export
+    assert pipeline.train_configs[2].reference.model.gguf_file is None
+
+    # π_1 = π_0 with other weights, exported where the pipeline reads it
+    pi_1 = load_causal_lm(str(start), gguf_file=gguf_file)
+    with torch.no_grad():
+        pi_1.lm_head.weight.add_(1.0)
+    pi_1.save_pretrained(pipeline.iteration_dir(1) / "policy")
+    cfg_1 = pipeline.policy_model_cfg(1)
+    loaded = load_causal_lm(cfg_1["name_or_path"], gguf_file=cfg_1["gguf_file"])
+    assert torch.equal(loaded.lm_head.weight, pi_1.lm_head.weight)
+    # what the carried-over GGUF path loaded instead: π_0's weights
+    stale = load_causal_lm(cfg_1["name_or_path"], gguf_file=gguf_file)
+    assert not torch.equal(stale.lm_head.weight, pi_1.lm_head.weight)
