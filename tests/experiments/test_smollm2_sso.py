@@ -57,8 +57,10 @@ def test_the_experiment_config_composes_into_sso_iterations_on_the_gguf_model(tm
     assert cfg.principles.path is None and len(pipeline.principles) == 7  # the paper's seven
     assert cfg.judge.model.gguf_file == cfg.model.gguf_file  # Table 15 judge: the same model
     # room for the user prompt, the longest principle (~170 tokens) and the response
-    for train in pipeline.train_configs.values():
-        assert train.objective._target_.endswith("SSO") and train.model.gguf_file == cfg.model.gguf_file
+    for i, train in pipeline.train_configs.items():
+        assert train.objective._target_.endswith("SSO")
+        # π_0 is the GGUF file; π_i (i >= 1) is loaded from its exported folder, without the GGUF
+        assert train.model.gguf_file == (cfg.model.gguf_file if i == 1 else None)
         assert train.data.max_length >= cfg.max_prompt_tokens + 200 + cfg.sampling.max_new_tokens
 
 
