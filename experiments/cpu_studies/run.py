@@ -19,7 +19,7 @@ generates the data, calls the apps with overrides, and reads their outputs back:
    held-out exact match without a principle.
 5. **Report**: the tables (printed, and in ``results.md`` / ``results.json``) and the plots.
 
-    python experiments/cpu_studies/run.py                 # quick: 6 min 37 s measured on 2 CPU cores
+    python experiments/cpu_studies/run.py                 # quick: 10 min 23 s measured on 2 idle CPU cores
     python experiments/cpu_studies/run.py --size full     # the committed results (results/): 48 min
 
 Stages whose outputs exist are skipped, so an interrupted run resumes (``--fresh`` starts over).
