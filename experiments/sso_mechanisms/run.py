@@ -243,9 +243,7 @@ def gradient_shares(train_dir: Path) -> dict[str, float]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from prefalign.models.loading import load_model_and_tokenizer
-    from prefalign.scoring.frozen import attach_frozen_columns
-    from prefalign.training.run import objective_wiring
+    from prefalign.training.run import build_module_and_data
 
     cfg = OmegaConf.load(train_dir / "train_config.yaml")
     objective = instantiate(cfg.objective, detach_weight=False)
@@ -254,22 +252,8 @@ def gradient_shares(train_dir: Path) -> dict[str, float]:
         "detached": instantiate(cfg.objective, detach_weight=True),
         "no_g": instantiate(cfg.objective, use_steering=False, detach_weight=False),
     }
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
-    module_cls, data_kwargs, module_kwargs = objective_wiring(cfg, objective)
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer, **data_kwargs)
-    attach_frozen_columns(datamodule, reference=OmegaConf.to_container(cfg.reference, resolve=True))
+    module, datamodule = build_module_and_data(cfg, objective)
     datamodule.setup("fit")
-    module_cfg = {
-        k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "_target_"
-    }
-    module = module_cls(
-        model=model,
-        objective=objective,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        **module_cfg,
-        **module_kwargs,
-    )
     parameters = [p for p in module.model.parameters() if p.requires_grad]
     sums = {name: [torch.zeros_like(p) for p in parameters] for name in variants}
     weighted_g, weighted_total = 0.0, 0.0

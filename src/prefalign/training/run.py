@@ -193,14 +193,11 @@ def resolve_ckpt_path(cfg: DictConfig) -> None:
         cfg.ckpt_path = str(found) if found else None
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Build everything from the config, attach frozen-model columns, fit, and return the final
-    callback metrics."""
-    resolve_ckpt_path(cfg)
-    validate_train_config(cfg)
-    check_data_keys(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    objective = instantiate(cfg.objective)  # its own argument checks run before the model loads
+def build_module_and_data(cfg: DictConfig, objective: Any) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The LightningModule and data module of a training config, for ``objective`` (an instance of
+    ``cfg.objective``): model and tokenizer loaded, the objective's module and data wiring
+    (:func:`objective_wiring`), and the frozen-model columns it needs attached from the score cache
+    (:func:`prefalign.scoring.frozen.attach_frozen_columns`)."""
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     module_cls, data_kwargs, module_kwargs = objective_wiring(cfg, objective)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, **data_kwargs)
@@ -220,10 +217,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
         **module_cfg,
         **module_kwargs,
     )
+    return module, datamodule
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build everything from the config, attach frozen-model columns, fit, and return the final
+    callback metrics."""
+    resolve_ckpt_path(cfg)
+    validate_train_config(cfg)
+    check_data_keys(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    objective = instantiate(cfg.objective)  # its own argument checks run before the model loads
+    module, datamodule = build_module_and_data(cfg, objective)
     loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer = instantiate(
-        cfg.trainer, strategy=build_strategy(cfg.trainer, model), logger=loggers, callbacks=callbacks
+        cfg.trainer, strategy=build_strategy(cfg.trainer, module.model), logger=loggers, callbacks=callbacks
     )
     config = OmegaConf.to_container(cfg, resolve=True)
     config["_hydra"] = hydra_run_info()  # chosen groups, command-line overrides, sweep (not in cfg)
