@@ -50,7 +50,13 @@ HERE = Path(__file__).resolve().parent
 # The task families of the studies: tasks a 2-layer model learns in a few CPU minutes (see README).
 FAMILIES = ("reverse", "upper", "next_letter")
 OBJECTIVES = ("ce", "poft", "bi_poft")
-VARIANT_NAMES = {"sso": "SSO", "pbaa": "PBAA (no W, no G)", "wo_w": "SSO w/o W", "wo_g": "SSO w/o G"}
+VARIANT_NAMES = {
+    "sso": "SSO",
+    "sso_g2": "SSO, γ = 2",
+    "pbaa": "PBAA (no W, no G)",
+    "wo_w": "SSO w/o W",
+    "wo_g": "SSO w/o G",
+}
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,17 @@ class Size:
 
     Attributes:
         world_train / test: clean training conversations of the world and held-out test records.
-        noise: hand-crafted noise samples mixed into the world's training split (two rates).
+        noise: hand-crafted noise samples mixed into the PoFT study's training split (one or more rates).
         seeds: training seeds of every (objective, noise) cell of the PoFT study.
         epochs / aligned_epochs: PoFT-study and aligned-model epochs.
+        objectives: the PoFT study's objectives.
+        batch: batch size of the aligned models, the pretrained target and the PoFT study's runs.
+        base_epochs: 0: the PoFT study's targets start from a fresh tiny model; n > 0: they start
+            from a pretrained target, the tiny model trained with CE on the clean world for n
+            epochs first (the paper fine-tunes pretrained models; experiments/poft_mechanisms
+            part 3 found PoFT's lead over CE widening over epochs from such a start).
+        poft_clean: clean conversations of the PoFT study's training split: the world's first n
+            (None: all ``world_train``; the aligned models always learn from all of them).
         policy_train / policy_epochs: the SSO study's principle-conditioned SFT.
         sso_prompts: prompts of the SSO prompt set (split into the three iterations).
         sso_variants / sso_seeds: the Table 5 rows run, and their pipeline seeds.
@@ -73,6 +87,10 @@ class Size:
     seeds: tuple[int, ...]
     epochs: int
     aligned_epochs: int
+    objectives: tuple[str, ...]
+    batch: int
+    base_epochs: int
+    poft_clean: int | None
     policy_train: int
     policy_epochs: int
     sso_prompts: int
@@ -89,6 +107,10 @@ SIZES = {
         seeds=(1,),
         epochs=6,
         aligned_epochs=5,
+        objectives=OBJECTIVES,
+        batch=16,
+        base_epochs=0,
+        poft_clean=None,
         policy_train=2000,
         # 12 epochs left the ci policy unable to follow the good principle (signal accuracy 10% vs
         # 12% inverted once every epoch reshuffles); at 20 it follows it (22% vs 6%), as at full size
@@ -97,17 +119,26 @@ SIZES = {
         sso_variants=("sso", "pbaa"),
         sso_seeds=(0,),
     ),
+    # The README's main job: the strongest effect each mechanism study found, one seed each.
+    # PoFT: experiments/poft_mechanisms part 3 (pretrained target, 400 clean + 750 noise, 15
+    # epochs, batch 32: PoFT 68.7 ± 6.8 vs CE 44.2 ± 8.4 at the end, ahead in every seed).
+    # SSO: experiments/sso_mechanisms (γ = 2 at temperature 0.7: +5.3 ± 1.8 points of
+    # no-principle exact match over PBAA at iteration 3).
     "quick": Size(
         world_train=3000,
         test=200,
-        noise=(1500,),
+        noise=(750,),
         seeds=(1,),
-        epochs=8,
+        epochs=15,
         aligned_epochs=8,
+        objectives=("ce", "poft"),
+        batch=32,
+        base_epochs=4,
+        poft_clean=400,
         policy_train=3000,
         policy_epochs=16,
         sso_prompts=300,
-        sso_variants=("sso", "pbaa"),
+        sso_variants=("sso_g2", "pbaa"),
         sso_seeds=(0,),
     ),
     "full": Size(
@@ -117,6 +148,10 @@ SIZES = {
         seeds=(1, 2, 3),
         epochs=10,
         aligned_epochs=10,
+        objectives=OBJECTIVES,
+        batch=16,
+        base_epochs=0,
+        poft_clean=None,
         policy_train=3000,
         policy_epochs=16,
         sso_prompts=450,
@@ -341,6 +376,7 @@ def joined(values) -> str:
 # -- stages ------------------------------------------------------------------------------------------
 def make_data(out: Path, size: Size) -> dict:
     from prefalign.config import bundled
+    from prefalign.core.jsonl import read_jsonl, write_jsonl
     from prefalign.worlds.verifiable import write_principled, write_world
 
     world = write_world(
@@ -356,7 +392,29 @@ def make_data(out: Path, size: Size) -> dict:
         seed=10,
         families=FAMILIES,
     )
-    return {"files": {k: str(v) for k, v in {**world, **principled}.items()}}
+    files = {**world, **principled}
+    if size.poft_clean is not None:
+        rows = read_jsonl(world["train"])
+        if size.poft_clean > len(rows):
+            raise SystemExit(
+                f"poft_clean={size.poft_clean} exceeds the world's {len(rows)} training conversations"
+            )
+        files["poft_train"] = write_jsonl(poft_train_path(out, size), rows[: size.poft_clean])
+    return {"files": {k: str(v) for k, v in files.items()}}
+
+
+def poft_train_path(out: Path, size: Size) -> Path:
+    """The PoFT study's clean training conversations (before noise is mixed in)."""
+    if size.poft_clean is None:
+        return out / "data" / "verifiable_world" / "train.jsonl"
+    return out / "data" / f"verifiable_world_{size.poft_clean}" / "train.jsonl"
+
+
+def poft_data_overrides(out: Path, size: Size, noise: int | str) -> list[str]:
+    """The PoFT study's training data: its clean conversations (the world's training split unless
+    ``size.poft_clean`` is set) and ``noise`` noise samples."""
+    subset = [f"data.train.path={poft_train_path(out, size)}"] if size.poft_clean is not None else []
+    return [*subset, f"data.noise.num_samples={noise}"]
 
 
 def app_stage(
@@ -385,20 +443,36 @@ def train_aligned(out: Path, size: Size) -> dict:
         "experiment=cpu_world_aligned",
         "aligned_member=zephyr_bytes,llama3_bpe",
         f"trainer.max_epochs={size.aligned_epochs}",
+        f"data.batch_size={size.batch}",
     ]
     return app_stage(out, "aligned", "prefalign.apps.train", overrides, runs=2, epochs=size.aligned_epochs)
+
+
+def train_base(out: Path, size: Size) -> dict:
+    """The pretrained target (``size.base_epochs`` > 0): the target's tiny model trained with CE on
+    the clean world (its ChatML template and byte tokenizer), exported to ``runs/base/hf``."""
+    overrides = [
+        "experiment=cpu_world_ce",
+        f"data.batch_size={size.batch}",
+        f"trainer.max_epochs={size.base_epochs}",
+        "seed=0",
+    ]
+    return app_stage(out, "base", "prefalign.apps.train", overrides, multirun=False, epochs=size.base_epochs)
 
 
 def train_poft_grid(out: Path, size: Size) -> dict:
     overrides = [
         "experiment=cpu_world_poft",
-        f"objective={joined(OBJECTIVES)}",
-        f"data.noise.num_samples={joined(size.noise)}",
+        f"objective={joined(size.objectives)}",
+        *poft_data_overrides(out, size, joined(size.noise)),
         f"seed={joined(size.seeds)}",
         f"trainer.max_epochs={size.epochs}",
+        f"data.batch_size={size.batch}",
         "aligned.score_missing=true",  # the first run of each noise rate scores it; the rest reuse the cache
     ]
-    runs = len(OBJECTIVES) * len(size.noise) * len(size.seeds)
+    if size.base_epochs:  # start from the pretrained target
+        overrides += ["model=hf", f"model.name_or_path={out / 'runs' / 'base' / 'hf'}", "model.dtype=float32"]
+    runs = len(size.objectives) * len(size.noise) * len(size.seeds)
     return app_stage(out, "poft", "prefalign.apps.train", overrides, runs=runs, epochs=size.epochs)
 
 
@@ -593,6 +667,21 @@ def policy_results(out: Path) -> dict:
 
 
 # -- tables and plots --------------------------------------------------------------------------------
+def poft_setting(size: Size) -> str:
+    """One line saying where the PoFT study's targets start and what they train on."""
+    start = (
+        f"a target pretrained with CE on the {size.world_train} clean conversations ({size.base_epochs} epochs)"
+        if size.base_epochs
+        else "a fresh tiny model"
+    )
+    clean = size.poft_clean if size.poft_clean is not None else size.world_train
+    noise = " or ".join(str(n) for n in size.noise)
+    return (
+        f"From {start}: {clean} clean conversations + {noise} noise samples, {size.epochs} epochs, "
+        f"batch {size.batch}, exact match on {size.test} held-out records after every epoch."
+    )
+
+
 def poft_markdown(poft: dict) -> str:
     lines = [
         "| noise samples | objective | seeds | Last | Avg (epochs ≥ 2) | Std over epochs |",
@@ -645,7 +734,7 @@ def sso_markdown(sso: dict, policy: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_poft(out: Path, poft: dict) -> list[Path]:
+def plot_poft(out: Path, poft: dict, size: Size) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -683,7 +772,8 @@ def plot_poft(out: Path, poft: dict) -> list[Path]:
     fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 3.6), squeeze=False)
     for ax, noise in zip(axes[0], rates, strict=True):
         cfg = compose_config(
-            "train", ["experiment=cpu_world_poft", f"data.noise.num_samples={noise}", *common_overrides(out)]
+            "train",
+            ["experiment=cpu_world_poft", *poft_data_overrides(out, size, noise), *common_overrides(out)],
         )
         long_table = load_scores(cfg, splits=["train"])
         scores = aggregate_scores(long_table, ["avg"])
@@ -779,14 +869,19 @@ def main(argv: list[str] | None = None) -> dict:
     sections = []
     if args.only in (None, "poft"):
         timings["aligned"] = stage(out, "aligned", lambda: train_aligned(out, size))["seconds"]
+        if size.base_epochs:
+            timings["base"] = stage(out, "base", lambda: train_base(out, size))["seconds"]
         timings["poft"] = stage(out, "poft", lambda: train_poft_grid(out, size))["seconds"]
         poft = poft_results(out)
         results["poft"] = {k: v for k, v in poft.items() if k != "runs"} | {
             "runs": [{k: v for k, v in r.items() if k != "tau"} for r in poft["runs"]]
         }
-        results["plots"] = [str(p) for p in plot_poft(out, poft)]
+        results["plots"] = [str(p) for p in plot_poft(out, poft, size)]
         sections.append(
-            "## PoFT study: held-out exact match (%) under hand-crafted noise\n\n" + poft_markdown(poft)
+            "## PoFT study: held-out exact match (%) under hand-crafted noise\n\n"
+            + poft_setting(size)
+            + "\n\n"
+            + poft_markdown(poft)
         )
     if args.only in (None, "sso"):
         timings["policy"] = stage(out, "policy", lambda: train_policy(out, size))["seconds"]
