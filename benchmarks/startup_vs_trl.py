@@ -70,6 +70,11 @@ from startup import COMMANDS, time_command
 
 from prefalign.core.jsonl import write_json
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SRC = ROOT / "src"
@@ -127,14 +132,17 @@ def ensure_trl_venv(venv: Path) -> Path:
 
 
 def ensure_core_venv(venv: Path) -> Path:
-    """prefalign with its core dependencies only (editable install of this tree)."""
+    """prefalign with its core dependencies only (editable install of this tree). Rebuilt from
+    scratch when the project's core dependencies change (pip would leave a dropped one installed)."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     wanted = [*shared_pins(), f"lightning=={version('lightning')}", "-e", str(ROOT)]
     marker = venv / "prefalign_benchmark.json"
-    if not marker.exists() or json.loads(marker.read_text()) != wanted:
+    if not marker.exists() or json.loads(marker.read_text()) != [*wanted, *dependencies]:
         print(f"building prefalign's core environment in {venv}", flush=True)
+        shutil.rmtree(venv, ignore_errors=True)
         pip_install(venv, wanted[:1])
         pip_install(venv, wanted)
-        marker.write_text(json.dumps(wanted))
+        marker.write_text(json.dumps([*wanted, *dependencies]))
     return venv / "bin" / "python"
 
 
