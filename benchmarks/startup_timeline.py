@@ -5,8 +5,10 @@ The runs are those of ``benchmarks/startup_vs_trl.py`` (same model, data, settin
 prefalign started through ``trl_startup/prefalign_timeline.py``, which marks each library stage by
 wrapping the function that does it, and Lightning's stages through the probe callback's hooks; TRL's
 script marks its own stages. Each side runs ``--repeat`` times (interleaved, after one warm-up run);
-for each stage the median seconds from process start are kept, and the seconds since the previous
-stage. Written to ``benchmarks/results/startup_timeline.json``:
+for each stage the medians are kept of the seconds from process start (wall clock) and since the
+previous stage, of the CPU seconds used by then and since the previous stage (less sensitive to
+other processes than wall time), and of the peak RSS by then. Written to
+``benchmarks/results/startup_timeline.json``:
 
     nice -n 10 python benchmarks/startup_timeline.py --kinds ce --repeat 3
 """
@@ -39,17 +41,29 @@ RESULTS = Path(__file__).resolve().parent / "results" / "startup_timeline.json"
 
 
 def median_timeline(runs: list[dict]) -> list[dict]:
-    """Per stage: median seconds from start and since the previous stage (runs must mark the same
-    stages in the same order), ending with the first step itself."""
-    names = [name for name, _ in runs[0]["marks"]] + ["first optimiser step done"]
-    rows, previous = [], 0.0
-    for i, name in enumerate(names):
-        times = [(r["marks"][i][1] if i < len(r["marks"]) else r["seconds"]) for r in runs]
-        if any([n for n, _ in r["marks"]] != names[:-1] for r in runs):
-            raise RuntimeError(f"runs marked different stages: {[r['marks'] for r in runs]}")
-        at = statistics.median(times)
-        rows.append({"stage": name, "at_s": round(at, 3), "took_s": round(at - previous, 3)})
-        previous = at
+    """Per stage: median seconds (wall clock) from start and since the previous stage, median CPU
+    seconds used by then and since the previous stage, and median peak RSS by then (runs must mark
+    the same stages in the same order), ending with the first step itself."""
+    names = [m[0] for m in runs[0]["marks"]]
+    if any([m[0] for m in r["marks"]] != names for r in runs):
+        raise RuntimeError(f"runs marked different stages: {[r['marks'] for r in runs]}")
+    rows, previous, previous_cpu = [], 0.0, 0.0
+    for i, name in enumerate([*names, "first optimiser step done"]):
+        last = i == len(names)
+        at = statistics.median(r["seconds"] if last else r["marks"][i][1] for r in runs)
+        cpu = statistics.median(r["cpu_s"] if last else r["marks"][i][2] for r in runs)
+        rss = statistics.median(r["peak_rss_mib"] if last else r["marks"][i][3] for r in runs)
+        rows.append(
+            {
+                "stage": name,
+                "at_s": round(at, 3),
+                "took_s": round(at - previous, 3),
+                "cpu_at_s": round(cpu, 3),
+                "cpu_took_s": round(cpu - previous_cpu, 3),
+                "peak_rss_mib": round(rss, 1),
+            }
+        )
+        previous, previous_cpu = at, cpu
     return rows
 
 
@@ -121,8 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"\n{kind} / {side}: {summary['seconds']} s, {summary['cpu_s']} CPU s, {summary['peak_rss_mib']} MiB"
             )
+            print("  wall at  +wall    cpu at   +cpu    peak MiB  stage")
             for row in summary["timeline"]:
-                print(f"  {row['at_s']:7.3f}  +{row['took_s']:6.3f}  {row['stage']}")
+                if row["took_s"] < 0.005 and row["cpu_took_s"] < 0.005:  # in the JSON, not printed
+                    continue
+                print(
+                    f"  {row['at_s']:7.3f} +{row['took_s']:6.3f}  {row['cpu_at_s']:7.3f} "
+                    f"+{row['cpu_took_s']:6.3f}  {row['peak_rss_mib']:7.1f}  {row['stage']}"
+                )
     print(f"written to {RESULTS}")
     shutil.rmtree(work, ignore_errors=True)
     return result

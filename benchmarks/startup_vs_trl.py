@@ -7,7 +7,7 @@ For CE (TRL: ``SFTTrainer``) and DPO (TRL: ``DPOTrainer``), each run is a fresh 
   log-probs, the step itself);
 - **CPU time** (user + system) of the process up to that step: less sensitive than wall time to
   other processes on a shared machine;
-- **peak RSS** of the process up to that step (``ru_maxrss``).
+- **peak RSS** of the process up to that step (``VmHWM``; see ``trl_startup/startup_marks.py``).
 
 The process then ends at once (prefalign: ``benchmarks/trl_startup/first_step_probe.py``, a
 callback added with ``+callbacks.first_step=...``; TRL: ``benchmarks/trl_startup/trl_first_step.py``).
@@ -44,8 +44,10 @@ by Lightning / torchmetrics / transformers when present and cost both time and m
 
     nice -n 10 python benchmarks/startup_vs_trl.py              # 3 repeats; results/startup_vs_trl.json
     nice -n 10 python benchmarks/startup_vs_trl.py --repeat 5 --skip-dev
-    git archive <commit> src conf | tar -x -C /tmp/before       # a before / after pair
-    nice -n 10 python benchmarks/startup_vs_trl.py --skip-dev --src /tmp/before/src
+    # a before / after pair in the same interleaved runs: an older commit in its own core venv
+    git archive <commit> src conf benchmarks pyproject.toml README.md | tar -x -C /tmp/before
+    (cd /tmp/before/benchmarks && python -c "import startup_vs_trl as s; s.ensure_core_venv(s.Path('/tmp/before_venv'))")
+    nice -n 10 python benchmarks/startup_vs_trl.py --skip-dev --before-src /tmp/before/src --before-venv /tmp/before_venv
 
 The machine's load average before and after is recorded: on a shared machine, compare the sides of
 one run, not runs of different days.
@@ -149,7 +151,7 @@ def ensure_core_venv(venv: Path) -> Path:
 def first_step(command: list[str], env: dict[str, str], log_file: Path) -> dict:
     """Run ``command`` until its probe ends it: seconds from start to the first step, the process's
     CPU seconds (user + system) and peak RSS (MiB) by then, and the stages the probe marked on the
-    way (name, seconds from start; ``trl_startup/startup_marks.py``)."""
+    way (name, seconds from start, CPU seconds and peak RSS so far; ``trl_startup/startup_marks.py``)."""
     record = log_file.with_suffix(".json")
     record.unlink(missing_ok=True)
     env = {**env, "FIRST_STEP_FILE": str(record)}
@@ -166,7 +168,10 @@ def first_step(command: list[str], env: dict[str, str], log_file: Path) -> dict:
         "seconds": round(measured["t_first_step"] - started, 3),
         "cpu_s": round(measured["cpu_s"], 3),
         "peak_rss_mib": round(measured["peak_rss_mib"], 1),
-        "marks": [(name, round(t - started, 3)) for name, t in measured["marks"]],
+        "marks": [
+            (name, round(t - started, 3), round(cpu, 3), round(rss, 1))
+            for name, t, cpu, rss in measured["marks"]
+        ],
     }
 
 
@@ -236,6 +241,19 @@ def main(argv: list[str] | None = None) -> dict:
         help="prefalign's source tree put first on PYTHONPATH (e.g. an export of an older commit, with "
         "its conf/ beside it, for a before / after pair)",
     )
+    parser.add_argument(
+        "--before-src",
+        type=Path,
+        default=None,
+        help="a third prefalign side, measured in the same interleaved runs: this source tree (an "
+        "export of an older commit with its conf/ beside it) with --before-venv's Python",
+    )
+    parser.add_argument(
+        "--before-venv",
+        type=Path,
+        default=None,
+        help="the environment of --before-src (e.g. an older core venv)",
+    )
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument(
@@ -249,9 +267,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     trl_python = str(ensure_trl_venv(args.trl_venv))
-    sides = {} if args.skip_dev else {"prefalign_dev_env": sys.executable}
+    # prefalign's sides: name -> (Python, source tree)
+    sides = {} if args.skip_dev else {"prefalign_dev_env": (sys.executable, args.src)}
     if not args.skip_core:
-        sides["prefalign_core_env"] = str(ensure_core_venv(args.core_venv))
+        sides["prefalign_core_env"] = (str(ensure_core_venv(args.core_venv)), args.src)
+    if args.before_src is not None:
+        if args.before_venv is None:
+            parser.error("--before-src needs --before-venv")
+        sides["prefalign_before"] = (str(args.before_venv / "bin" / "python"), args.before_src)
     work = args.work or Path(tempfile.mkdtemp(prefix="startup_vs_trl."))
     work.mkdir(parents=True, exist_ok=True)
     model_dir = tiny_model_dir(work)
@@ -262,7 +285,10 @@ def main(argv: list[str] | None = None) -> dict:
     base_env["TOKENIZERS_PARALLELISM"] = "false"
     if args.threads:
         base_env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    prefalign_env = {**base_env, "PYTHONPATH": f"{args.src}{os.pathsep}{PROBES}", "WANDB_MODE": "offline"}
+    prefalign_envs = {
+        side: {**base_env, "PYTHONPATH": f"{src}{os.pathsep}{PROBES}", "WANDB_MODE": "offline"}
+        for side, (_, src) in sides.items()
+    }
     trl_env = base_env
 
     result = {
@@ -270,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         "system) and peak RSS (MiB) of the process up to it",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "versions": {name: version(name) for name in (*SHARED, "lightning")} | {"trl": TRL_VERSION},
-        "src": str(args.src),
+        "src": {side: str(src) for side, (_, src) in sides.items()},
         "repeat": args.repeat,
         "threads": args.threads or "library default",
         "kinds": {
@@ -284,19 +310,21 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": {},
     }
     for kind in args.kinds:  # one warm-up run per side: caches (tokenised data, compiled regexes) filled
-        for side, python in sides.items():
+        for side, (python, _) in sides.items():
             first_step(
-                prefalign_command(python, kind, work, f"warmup_{side}_{kind}"), prefalign_env, logs / "w.log"
+                prefalign_command(python, kind, work, f"warmup_{side}_{kind}"),
+                prefalign_envs[side],
+                logs / "w.log",
             )
         first_step(
             trl_command(trl_python, kind, model_dir, work, f"warmup_trl_{kind}"), trl_env, logs / "w.log"
         )
     for r in range(args.repeat):
         for kind in args.kinds:
-            for side, python in sides.items():
+            for side, (python, _) in sides.items():
                 run = f"{side}_{kind}_{r}"
                 measured = first_step(
-                    prefalign_command(python, kind, work, run), prefalign_env, logs / f"{run}.log"
+                    prefalign_command(python, kind, work, run), prefalign_envs[side], logs / f"{run}.log"
                 )
                 measured.pop("marks")  # the stages: benchmarks/startup_timeline.py
                 result["runs"].setdefault(kind, {}).setdefault(side, []).append(measured)
@@ -325,12 +353,12 @@ def main(argv: list[str] | None = None) -> dict:
     result["cheap_commands"] = {
         side: {
             app: {
-                name: time_command(args.src, app, flags, args.repeat, python=python)
+                name: time_command(src, app, flags, args.repeat, python=python)
                 for name, flags in COMMANDS.items()
             }
             for app in ("train", "sso")
         }
-        for side, python in sides.items()
+        for side, (python, src) in sides.items()
     }
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     write_json(RESULTS, result)
