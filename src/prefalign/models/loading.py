@@ -250,7 +250,8 @@ def require_peft() -> None:
     """Refuse LoRA (``model.lora``) when peft is not installed, naming the fix.
 
     peft is an optional extra (``lora``), as in TRL: transformers imports it at start-up whenever it
-    is installed (about 0.4 s of CPU and 11 MiB per process here), which runs without LoRA do not need.
+    is installed (0.1-0.3 s of CPU and 5-10 MiB of peak RSS per training process on the CPU machine,
+    ``benchmarks/results/startup_vs_trl.json``), which runs without LoRA do not need.
     """
     try:
         import peft  # noqa: F401
