@@ -19,7 +19,7 @@ except ImportError:  # Python 3.10
 PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
 # GPU-only (CUDA builds) or assets installed apart (the demo's GGUF package): not installable here.
-CPU_EXTRAS = ("eval", "notebooks", "studies", "dashboard", "dev")
+CPU_EXTRAS = ("lora", "eval", "notebooks", "studies", "dashboard", "dev")
 
 
 def unsatisfied(requirement: str, extra: str | None = None) -> list[str]:

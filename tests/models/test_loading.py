@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 from transformers import LlamaForCausalLM
@@ -75,6 +77,13 @@ def test_dtype_gradient_checkpointing_and_lora(tmp_path):
     peft_model, _ = load_model_and_tokenizer(_tiny_cfg(tmp_path, lora=lora))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_lora_without_peft_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError, as when not installed
+    lora = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
+    with pytest.raises(ImportError, match=r"model\.lora is set, but LoRA needs peft.*\.\[lora\]"):
+        load_model_and_tokenizer(_tiny_cfg(tmp_path, lora=lora))
 
 
 @pytest.mark.parametrize(

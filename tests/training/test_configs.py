@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -114,6 +119,23 @@ def test_wandb_run_is_finished_even_when_the_task_fails(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         run_task(failing_task, {"dir": tmp_path})
     assert wandb.run is None
+
+
+def test_a_task_without_wandb_does_not_import_it(tmp_path):
+    # a fresh interpreter: this test process may have imported wandb already
+    probe = (
+        "import sys\n"
+        "from prefalign.training.run import run_task\n"
+        "assert run_task(lambda cfg: {'train/loss': 1.0}, {}) == {'train/loss': 1.0}\n"
+        "print(sorted(m for m in sys.modules if m == 'wandb' or m.startswith('wandb.')))\n"
+    )
+    src = str(Path(__file__).parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_wandb_goes_offline_without_an_api_key(monkeypatch, tmp_path):

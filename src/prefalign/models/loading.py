@@ -206,6 +206,8 @@ def load_causal_lm(
             f"model.attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}"
         )
     check_attention(attn_implementation)
+    if lora:
+        require_peft()  # before the weights load
     kwargs: dict[str, Any] = {
         "revision": revision,
         "dtype": DTYPES[dtype],
@@ -239,6 +241,24 @@ def load_causal_lm(
             model, LoraConfig(task_type="SEQ_CLS" if head == "reward" else "CAUSAL_LM", **_plain(lora))
         )
     return model
+
+
+LORA_INSTALL = 'pip install -e ".[lora]" (or pip install "peft>=0.12")'
+
+
+def require_peft() -> None:
+    """Refuse LoRA (``model.lora``) when peft is not installed, naming the fix.
+
+    peft is an optional extra (``lora``), as in TRL: transformers imports it at start-up whenever it
+    is installed (0.1-0.3 s of CPU and 5-10 MiB of peak RSS per training process on the CPU machine,
+    ``benchmarks/results/startup_vs_trl.json``), which runs without LoRA do not need.
+    """
+    try:
+        import peft  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"model.lora is set, but LoRA needs peft, which is not installed: {LORA_INSTALL}"
+        ) from err
 
 
 def _plain(value: Any) -> Any:

@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> dict[str, float]:
-    """Run ``task`` and always close the W&B run, so one failed job does not poison a multirun."""
+    """Run ``task`` and always close the W&B run, so one failed job does not poison a multirun.
+
+    A task that never imported wandb (e.g. ``logger=csv``) has no run to close: wandb is not
+    imported just to find that out (about a second of start-up, for nothing)."""
     failed = True
     try:
         metrics = task(cfg)
@@ -251,9 +255,8 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
         return metrics
     finally:
         try:
-            import wandb
-
-            if wandb.run is not None:
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and getattr(wandb, "run", None) is not None:
                 wandb.finish(exit_code=1 if failed else 0)
         except Exception:  # noqa: BLE001 - closing W&B must never mask the task's own error
             log.exception("could not finish the W&B run")
