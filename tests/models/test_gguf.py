@@ -14,6 +14,13 @@ from prefalign.models.loading import load_causal_lm
 
 gguf = pytest.importorskip("gguf", reason="the demo extra is not installed: pip install -e '.[demo]'")
 
+
+@pytest.fixture(autouse=True)
+def _model_cache(tmp_path, monkeypatch):
+    """GGUF copies (prefalign.models.loading.gguf_hf_copy) go to this test's folder, not ~/.cache."""
+    monkeypatch.setenv("PREFALIGN_CACHE", str(tmp_path / "prefalign-cache"))
+
+
 VOCAB, HIDDEN, FFN, LAYERS, HEADS = 64, 32, 64, 2, 4
 
 
