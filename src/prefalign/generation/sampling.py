@@ -189,7 +189,7 @@ class HFGenerator:
         if config.shared_prefix_min_tokens > 0 and shared >= config.shared_prefix_min_tokens:
             prefix_cache = self.model(
                 input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True, logits_to_keep=1
-            ).past_key_values
+            ).cache
         else:
             shared = 0
         bar = progress_bar(total=len(order), desc=desc, unit="prompt", disable=desc is None)
