@@ -62,6 +62,34 @@ def test_the_experiment_config_composes_into_sso_iterations_on_the_gguf_model(tm
         # π_0 is the GGUF file; π_i (i >= 1) is loaded from its exported folder, without the GGUF
         assert train.model.gguf_file == (cfg.model.gguf_file if i == 1 else None)
         assert train.data.max_length >= cfg.max_prompt_tokens + 200 + cfg.sampling.max_new_tokens
+        assert train.optimizer.fused is True  # one pass over the weights a step on the CPU
+    _fused_adamw_steps_equal_the_plain_ones(pipeline.train_configs[1].optimizer)
+
+
+def _fused_adamw_steps_equal_the_plain_ones(optimizer_cfg) -> None:
+    """The experiment's fused AdamW makes the same updates as torch's default implementation."""
+    import hydra
+    import torch
+    from omegaconf import OmegaConf
+
+    plain_cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
+    plain_cfg.pop("fused")
+    torch.manual_seed(0)
+    fused_params = [torch.nn.Parameter(torch.randn(64, 48)), torch.nn.Parameter(torch.randn(48))]
+    plain_params = [torch.nn.Parameter(p.detach().clone()) for p in fused_params]
+    start = [p.detach().clone() for p in fused_params]
+    fused = hydra.utils.instantiate(optimizer_cfg)(fused_params)
+    plain = hydra.utils.instantiate(plain_cfg)(plain_params)
+    assert fused.defaults["fused"] is True and not plain.defaults.get("fused")
+    for _ in range(4):
+        for a, b in zip(fused_params, plain_params, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for a, b, before in zip(fused_params, plain_params, start, strict=True):
+        assert not torch.equal(a, before)  # the steps moved the weights
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.slow

@@ -95,3 +95,44 @@ def test_generation_shows_a_labelled_bar_on_rank_zero_only(tiny_model_and_tokeni
     monkeypatch.setenv(ENV, "0")
     generator.generate(CONVERSATIONS, greedy, desc="iteration 1: y+")
     assert capsys.readouterr().err == ""
+
+
+LONG_SYSTEM = "Answer as a careful assistant: " + "think about the question, then answer it. " * 6
+
+
+def test_a_shared_prompt_prefix_is_computed_once_and_changes_no_output(tiny_model_and_tokenizer, monkeypatch):
+    """Prompts that all start with the same long text (as the Table 14 allocation prompt does):
+    the prefix's KV cache is computed once and reused by every batch; greedy and keyed sampled
+    outputs are the same tokens as without it, and the prompts' own tokens only are run per batch."""
+    from prefalign.generation.sampling import prompt_token_ids, shared_prefix_length
+
+    model, tokenizer = tiny_model_and_tokenizer
+    conversations = [[{"role": "user", "content": LONG_SYSTEM + c[-1]["content"]}] for c in CONVERSATIONS]
+    prompts = [prompt_token_ids(tokenizer, c) for c in conversations]
+    shared = shared_prefix_length(prompts)
+    assert shared >= 32 and all(len(p) > shared for p in prompts)
+    generator = HFGenerator(model, tokenizer)
+    keys = ["k/a", "k/b", "k/c"]
+    for temperature in (0.0, 0.7):
+        without = SamplingConfig(
+            temperature=temperature, max_new_tokens=10, batch_size=2, shared_prefix_min_tokens=0
+        )
+        with_prefix = SamplingConfig(**{**without.__dict__, "shared_prefix_min_tokens": 32})
+        plain = generator.generate(conversations, without, keys=keys)
+        seen: list[int] = []  # the input length of each forward pass
+
+        def record(_module, _args, kwargs, seen=seen):
+            seen.append(kwargs["input_ids"].shape[-1])
+
+        hook = model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            cached = generator.generate(conversations, with_prefix, keys=keys)
+        finally:
+            hook.remove()
+        assert cached == plain
+        assert seen[0] == shared  # the prefix alone, once
+        prompt_passes = [n for n in seen[1:] if n > 1]  # each batch's first step: its own tokens
+        assert len(prompt_passes) == 2 and max(prompt_passes) == max(len(p) for p in prompts) - shared
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 2
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1  # every prompt keeps a token of its own
+    assert shared_prefix_length([[5], [6]]) == 0

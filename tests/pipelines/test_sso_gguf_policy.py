@@ -24,6 +24,12 @@ _fixture = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_fixture)
 
 
+@pytest.fixture(autouse=True)
+def _model_cache(tmp_path, monkeypatch):
+    """GGUF copies (prefalign.models.loading.gguf_hf_copy) go to this test's folder, not ~/.cache."""
+    monkeypatch.setenv("PREFALIGN_CACHE", str(tmp_path / "prefalign-cache"))
+
+
 def test_later_policies_are_loaded_from_their_folder_not_the_starting_gguf(tmp_path):
     start = tmp_path / "start"
     start.mkdir()

@@ -2,12 +2,16 @@
 
 Prompts are rendered with the model's chat template (generation prompt added), sorted by length,
 left-padded and generated in batches with the KV cache; each batch is seeded from the base seed, so
-a run is reproducible. A response that reaches ``max_new_tokens`` without an end-of-turn token is
+a run is reproducible. When all the prompts of a call start with the same long token prefix (the
+SSO paper's Table 14 allocation prompt: ~900 tokens of instructions and examples before the
+query), the prefix is run once and its KV cache is copied into every batch, which then computes
+only its prompts' own tokens (``shared_prefix_min_tokens``). A response that reaches ``max_new_tokens`` without an end-of-turn token is
 flagged. Defaults are the SSO paper's: top-p 0.8, temperature 0.7, max_new_tokens 2048.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +34,8 @@ class SamplingConfig:
         max_new_tokens: longest response.
         batch_size: prompts per ``generate`` call.
         seed: base seed; batch ``b`` samples with ``seed + b``.
+        shared_prefix_min_tokens: when the prompts of one call share a token prefix at least this
+            long, it is computed once and its KV cache reused by every batch (0: never).
     """
 
     temperature: float = 0.7
@@ -37,6 +43,7 @@ class SamplingConfig:
     max_new_tokens: int = 2048
     batch_size: int = 16
     seed: int = 0
+    shared_prefix_min_tokens: int = 64
 
 
 @dataclass
@@ -85,6 +92,18 @@ def filter_prompts_by_length(
         else:
             keep.append(i)
     return keep, report
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix all ``prompts`` share, leaving every prompt at least one
+    token of its own (the first step of generation needs an uncached token per row)."""
+    if not prompts:
+        return 0
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    length = 0
+    while length < limit and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return max(length, 0)
 
 
 def row_seed(seed: int, key: str) -> int:
@@ -165,15 +184,33 @@ class HFGenerator:
         self.model.eval()
         pad = self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
+        shared = shared_prefix_length(prompts)
+        prefix_cache = None
+        if config.shared_prefix_min_tokens > 0 and shared >= config.shared_prefix_min_tokens:
+            prefix_cache = self.model(
+                input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True, logits_to_keep=1
+            ).cache
+        else:
+            shared = 0
         bar = progress_bar(total=len(order), desc=desc, unit="prompt", disable=desc is None)
         for b, start in enumerate(range(0, len(order), config.batch_size)):
             rows = order[start : start + config.batch_size]
-            width = max(len(prompts[i]) for i in rows)
+            # [shared prefix | left padding | the prompt's own tokens]: the padding is masked and the
+            # positions count unmasked tokens only, so every row sees its prompt as without padding
+            own = max(len(prompts[i]) - shared for i in rows)
+            width = shared + own
             input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
             attention = torch.zeros((len(rows), width), dtype=torch.long)
             for r, i in enumerate(rows):  # left padding: the prompts end where generation starts
-                input_ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                attention[r, width - len(prompts[i]) :] = 1
+                input_ids[r, width - len(prompts[i]) + shared :] = torch.tensor(prompts[i][shared:])
+                attention[r, width - len(prompts[i]) + shared :] = 1
+            if shared:
+                input_ids[:, :shared] = torch.tensor(prompts[0][:shared])
+                attention[:, :shared] = 1
+                extra_cache = {"cache": copy.deepcopy(prefix_cache)}
+                extra_cache["cache"].batch_repeat_interleave(len(rows))
+            else:
+                extra_cache = {}
             max_new = config.max_new_tokens
             if limit is not None:
                 max_new = min(max_new, limit - width)
@@ -196,6 +233,7 @@ class HFGenerator:
                     eos_token_id=self.end_ids,
                     use_cache=True,
                     **extra,
+                    **extra_cache,
                 )
             for r, i in enumerate(rows):
                 new = out[r, width:].tolist()

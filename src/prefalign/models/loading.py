@@ -4,6 +4,8 @@
 config group (see ``conf/model/*.yaml`` for every key). A ``tiny`` model is a small randomly
 initialised Llama plus the project's offline tokenizer, written once to a folder under
 ``cache_dir`` and then loaded like any other local model, so it follows the same code path.
+A GGUF file is dequantised once into a Hugging Face folder under the cache (:func:`gguf_hf_copy`)
+and every later load of the same file (every stage, process and rank) reads that folder.
 """
 
 from __future__ import annotations
@@ -142,20 +144,23 @@ def load_tokenizer(
     chat_template: str | None = None,
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> PreTrainedTokenizerBase:
     """Load a tokenizer, apply a chat-template override, and make sure it can pad.
 
     Args:
         chat_template: a template name from :mod:`prefalign.models.chat_templates` or Jinja text;
             replaces the tokenizer's own template (and its BOS/EOS when given by name).
-        gguf_file: file name inside ``name_or_path`` when loading from GGUF.
+        gguf_file: file name inside ``name_or_path`` when loading from GGUF (read from its
+            Hugging Face copy under ``cache_dir``, :func:`gguf_hf_copy`).
+        cache_dir: where GGUF copies live (None: :func:`default_model_cache`).
 
     Padding uses the tokenizer's pad token, else its EOS. That is safe here: padding is excluded
     by the attention mask and the labels, so the real end-of-turn token is still trained.
     """
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
+    if gguf_file:  # the dequantised copy holds the tokenizer converted from the file
+        name_or_path = str(gguf_hf_copy(name_or_path, gguf_file, cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if chat_template:
         if chat_template in TEMPLATES:
@@ -185,6 +190,7 @@ def load_causal_lm(
     gguf_file: str | None = None,
     lora: Mapping[str, Any] | None = None,
     head: str = "causal_lm",
+    cache_dir: str | os.PathLike | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM, or with ``head="reward"`` the same backbone with a scalar reward head.
 
@@ -194,7 +200,9 @@ def load_causal_lm(
         attn_implementation: ``sdpa`` (default), ``eager``, ``flex_attention`` (torch's FlexAttention),
             or ``flash_attention_2`` (gpu extra, CUDA only).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
-        gguf_file: load (dequantised) weights from this GGUF file inside ``name_or_path``.
+        gguf_file: load (dequantised) weights from this GGUF file inside ``name_or_path``: from
+            its fp32 Hugging Face copy under ``cache_dir`` (made on first use, :func:`gguf_hf_copy`).
+        cache_dir: where GGUF copies live (None: :func:`default_model_cache`).
         head: ``causal_lm`` (the language-model head) or ``reward`` (a one-output sequence
             classification head on the last non-pad token, for Bradley-Terry reward models).
         lora: peft ``LoraConfig`` arguments (``r``, ``lora_alpha``, ``lora_dropout``,
@@ -214,8 +222,8 @@ def load_causal_lm(
         "attn_implementation": attn_implementation,
         "trust_remote_code": trust_remote_code,
     }
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
+    if gguf_file:  # its dequantised copy: a plain Hugging Face folder
+        name_or_path = str(gguf_hf_copy(name_or_path, gguf_file, cache_dir))
     if head not in HEADS:
         raise ValueError(f"model.head must be one of {HEADS}, got {head!r}")
     if head == "reward":
@@ -226,8 +234,6 @@ def load_causal_lm(
             model.config.pad_token_id = model.config.eos_token_id
     else:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    if gguf_file:
-        drop_dequantised_gguf_marker(model)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -292,6 +298,77 @@ def drop_dequantised_gguf_marker(model: PreTrainedModel) -> None:
     quantizer.remove_quantization_config(model)
 
 
+# -- GGUF files: dequantised once into a Hugging Face folder -----------------------------------------
+GGUF_COPY_FORMAT = 1  # bump when the copy's layout changes: older copies are then made again
+
+
+def default_model_cache() -> Path:
+    """``$PREFALIGN_CACHE/models`` (default ``~/.cache/prefalign/models``): ``paths.cache_dir``/models,
+    the ``cache_dir`` of the model configs, for callers that are not given one."""
+    return Path(
+        os.environ.get("PREFALIGN_CACHE") or Path(os.environ.get("HOME", ".")) / ".cache/prefalign"
+    ) / ("models")
+
+
+def gguf_identity(name_or_path: str, gguf_file: str) -> dict[str, Any]:
+    """What identifies a GGUF file's content for the cache: its resolved path, size and
+    modification time (a replaced or rewritten file gets a new copy), and the copy's format."""
+    path = Path(name_or_path).expanduser() / gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(f"model.gguf_file: no such file {path}")
+    path = path.resolve()
+    stat = path.stat()
+    return {
+        "path": str(path),
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "format": GGUF_COPY_FORMAT,
+    }
+
+
+def gguf_hf_copy(name_or_path: str, gguf_file: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The Hugging Face folder (fp32 safetensors weights, config, tokenizer) of a GGUF file, made
+    once under ``cache_dir/gguf-<key>`` and reused by every later load.
+
+    transformers dequantises a GGUF file on every ``from_pretrained`` (and converts its tokenizer),
+    which costs far more than reading safetensors; the SSO pipeline loads its starting model in
+    every stage and process. The key fingerprints :func:`gguf_identity`. The copy is written to a
+    temporary folder and renamed into place (a concurrent process's identical copy may win). A file
+    whose layers stay packed after loading (not dequantised) cannot be saved: an error says so.
+    """
+    identity = gguf_identity(name_or_path, gguf_file)
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(cache_dir).expanduser() if cache_dir else default_model_cache()
+    target = root / f"gguf-{Path(gguf_file).stem}-{key}"
+    if (target / "gguf_source.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    log.info("dequantising %s once into %s", identity["path"], target)
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, gguf_file=gguf_file, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    drop_dequantised_gguf_marker(model)
+    if getattr(model, "hf_quantizer", None) is not None:
+        raise ValueError(
+            f"model.gguf_file={identity['path']}: its layers stay quantised after loading (packed GGUF "
+            "blocks), so it cannot be copied to a Hugging Face folder or trained; use a Hugging Face model"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, gguf_file=gguf_file)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "gguf_source.json").write_text(json.dumps(identity, indent=2))  # written last: complete
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race: its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the model and tokenizer described by a ``model`` config group."""
     path = resolve_model_path(cfg)
@@ -301,6 +378,7 @@ def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, P
         chat_template=cfg.get("chat_template"),
         trust_remote_code=bool(cfg.get("trust_remote_code", False)),
         gguf_file=cfg.get("gguf_file"),
+        cache_dir=cfg.get("cache_dir"),
     )
     model = load_causal_lm(
         path,
@@ -312,6 +390,7 @@ def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, P
         gguf_file=cfg.get("gguf_file"),
         lora=cfg.get("lora"),
         head=cfg.get("head", "causal_lm"),
+        cache_dir=cfg.get("cache_dir"),
     )
     return model, tokenizer
 
