@@ -23,6 +23,14 @@ plots.
 
 Cells whose pipelines have finished (``report.json`` in every seed's work folder) are skipped, so an
 interrupted run resumes; the pipeline itself resumes unfinished seeds stage by stage.
+
+New cells can be added to committed results whose ``outputs/`` are gone: ``--merge
+results/results.json`` keeps its cells that have no finished pipelines in ``outputs/`` and rebuilds
+the tables and plots from both. The data and π_0 are regenerated, so the script checks that they are
+the committed ones: π_0's exact match per condition, and iteration 1's samples, which every variant at
+one temperature shares (same seed, same π_0), against the committed cells at the new cells'
+temperature; ``--rerun-check <cell>`` also reruns seed 0 of one committed cell and compares every
+figure of its rows (``results.json: reproducibility``, and a section of ``results.md``).
 """
 
 from __future__ import annotations
@@ -353,9 +361,9 @@ def summary_table(cells: list[dict]) -> str:
     the difference to PBAA at the same temperature (seed by seed, then mean ± sd)."""
     pbaa = {c["cell"]["temperature"]: c for c in cells if c["cell"]["variant"] == "pbaa"}
     lines = [
-        "| cell | iterations | signal accuracy, mean over iterations | − PBAA | signal accuracy, last | "
+        "| cell | iterations | signal accuracy, mean over iterations | − PBAA | signal accuracy, last | − PBAA | "
         "exact match, mean over iterations | − PBAA | exact match, last | − PBAA |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def per_seed(cell: dict, key: str, last: bool) -> dict[int, float]:
@@ -372,22 +380,47 @@ def summary_table(cells: list[dict]) -> str:
     for cell in cells:
         base = pbaa.get(cell["cell"]["temperature"])
         texts = []
-        for key, last, diff in (
-            ("signal_accuracy", False, True),
-            ("signal_accuracy", True, False),
-            ("exact_match", False, True),
-            ("exact_match", True, True),
+        for key, last in (
+            ("signal_accuracy", False),
+            ("signal_accuracy", True),
+            ("exact_match", False),
+            ("exact_match", True),
         ):
             mine = per_seed(cell, key, last)
             texts.append(fmt(list(mine.values())))
-            if diff:
-                if base is None or base is cell:
-                    texts.append("")
-                else:
-                    theirs = per_seed(base, key, last)
-                    texts.append(fmt([mine[s] - theirs[s] for s in mine if s in theirs]))
+            if base is None or base is cell:
+                texts.append("")
+            else:
+                theirs = per_seed(base, key, last)
+                texts.append(fmt([mine[s] - theirs[s] for s in mine if s in theirs]))
         iterations = max((r["iteration"] for r in cell["rows"]), default=0)
         lines.append(f"| {cell['label']} | {iterations} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def difference_table(cells: list[dict]) -> str:
+    """Per cell (not PBAA) and iteration: signal accuracy and exact match minus PBAA's at the same
+    temperature, seed by seed (same seed: same π_0 and iteration-1 samples), then mean ± sd."""
+    pbaa = {c["cell"]["temperature"]: c for c in cells if c["cell"]["variant"] == "pbaa"}
+    lines = [
+        "| cell | iteration | seeds | signal accuracy − PBAA | exact match − PBAA |",
+        "|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        base = pbaa.get(cell["cell"]["temperature"])
+        if base is None or base is cell:
+            continue
+        theirs = {(r["seed"], r["iteration"]): r for r in base["rows"]}
+        for i, group in by_iteration(cell["rows"]).items():
+            pairs = [(r, theirs[(r["seed"], i)]) for r in group if i > 0 and (r["seed"], i) in theirs]
+            if pairs:
+                lines.append(
+                    f"| {cell['label']} | {i} | {len(pairs)} | "
+                    + " | ".join(
+                        fmt([a[k] - b[k] for a, b in pairs]) for k in ("signal_accuracy", "exact_match")
+                    )
+                    + " |"
+                )
     return "\n".join(lines)
 
 
@@ -709,8 +742,8 @@ def reproducibility_markdown(check: dict) -> str:
     if rerun:
         diffs = rerun["max_abs_diff"]
         lines.append(
-            f"- rerun of {rerun['cell']} seed {rerun['seed']} ({len(rerun['iterations'])} iterations, every "
-            f"figure of its rows): largest absolute difference to the committed rows "
+            f"- rerun of {rerun['cell']} seed {rerun['seed']} (iterations {min(rerun['iterations'])}–"
+            f"{max(rerun['iterations'])}, every figure of its rows): largest absolute difference to the committed rows "
             f"{max(diffs.values(), default=float('nan')):.3g}"
             + (
                 " ("
@@ -810,6 +843,8 @@ def main(argv: list[str] | None = None) -> dict:
         "Starting policy (exact match): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in policy.items()),
         "## Summary per cell (seed by seed differences to PBAA at the same temperature; %)\n\n"
         + summary_table(cells),
+        "## Differences to PBAA per iteration (seed by seed, then mean ± sd; %)\n\n"
+        + difference_table(cells),
         "## Is the mechanism active? (gradient shares: seed 0, at the start of each iteration, π = π_{i−1})\n\n"
         + mechanism_table(cells),
         "## Per iteration (W: first-epoch distribution across the iteration's samples, seed means)\n\n"
