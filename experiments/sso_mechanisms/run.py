@@ -78,6 +78,7 @@ VARIANTS = {
     "wo_g": ("sso", ["objective.use_steering=false"]),
     "detach": ("sso", ["objective.detach_weight=true"]),
     "w_prime": ("sso", ["objective.weight=w_prime"]),
+    "w_prime_detach": ("sso", ["objective.weight=w_prime", "objective.detach_weight=true"]),
 }
 VARIANT_NAMES = {
     "sso": "SSO",
@@ -86,6 +87,7 @@ VARIANT_NAMES = {
     "wo_g": "SSO w/o G",
     "detach": "SSO, W detached",
     "w_prime": "SSO with W′",
+    "w_prime_detach": "SSO with W′ detached",
 }
 
 
@@ -155,6 +157,9 @@ GRID = (
     Cell("w_prime", temperature=1.3, iterations=5, group="weight"),
     Cell("sso", temperature=1.0, group="temperature"),
     Cell("pbaa", temperature=1.0, group="temperature"),
+    # added after W′ separated from PBAA at 1.3: is it W′'s weighting or its gradient (an SFT-like
+    # push on y_o under x+ and x−)?
+    Cell("w_prime_detach", temperature=1.3, iterations=5, group="weight"),
 )
 
 
@@ -575,14 +580,17 @@ def past(deadline: str | None) -> bool:
     return (now.tm_hour, now.tm_min) >= (hour, minute)
 
 
-# The SSO cells whose gradients are probed (seed 0, iterations PROBED_ITERATIONS): the two ends of
-# the γ sweep, off-policy samples and W′ (W detached trains from the same π_0 and samples as SSO, so
-# its first probe would repeat SSO's).
+# The SSO cells whose gradients are probed (seed 0, iterations PROBED_ITERATIONS): the γ sweep but
+# γ 1 (run before γ 0.5 was added here; its outputs are gone), off-policy samples (T 1.3 and 1.0)
+# and W′ (W detached and W′ detached train from the same π_0 and samples as SSO and W′, and the
+# probe measures the gradient with W's, so their first probes would repeat those).
 PROBED = (
     "sso_t0.7_p0.8_g0.1_k3",
     "sso_t0.7_p0.8_g2_k3",
     "sso_t1.3_p0.8_g0.1_k5",
     "w_prime_t1.3_p0.8_g0.1_k5",
+    "sso_t0.7_p0.8_g0.5_k3",
+    "sso_t1_p0.8_g0.1_k3",
 )
 PROBED_ITERATIONS = (1, 3)
 
