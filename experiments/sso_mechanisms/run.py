@@ -160,6 +160,9 @@ GRID = (
     # added after W′ separated from PBAA at 1.3: is it W′'s weighting or its gradient (an SFT-like
     # push on y_o under x+ and x−)?
     Cell("w_prime_detach", temperature=1.3, iterations=5, group="weight"),
+    # does W′'s effect at 1.3 carry over to the other temperatures?
+    Cell("w_prime", temperature=0.7, group="weight"),
+    Cell("w_prime", temperature=1.0, group="weight"),
 )
 
 
