@@ -163,6 +163,7 @@ GRID = (
     # does W′'s effect at 1.3 carry over to the other temperatures?
     Cell("w_prime", temperature=0.7, group="weight"),
     Cell("w_prime", temperature=1.0, group="weight"),
+    Cell("w_prime_detach", temperature=0.7, group="weight"),
 )
 
 
