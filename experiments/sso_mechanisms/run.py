@@ -23,6 +23,14 @@ plots.
 
 Cells whose pipelines have finished (``report.json`` in every seed's work folder) are skipped, so an
 interrupted run resumes; the pipeline itself resumes unfinished seeds stage by stage.
+
+New cells can be added to committed results whose ``outputs/`` are gone: ``--merge
+results/results.json`` keeps its cells that have no finished pipelines in ``outputs/`` and rebuilds
+the tables and plots from both. The data and π_0 are regenerated, so the script checks that they are
+the committed ones: π_0's exact match per condition, and iteration 1's samples, which every variant at
+one temperature shares (same seed, same π_0), against the committed cells at the new cells'
+temperature; ``--rerun-check <cell>`` also reruns seed 0 of one committed cell and compares every
+figure of its rows (``results.json: reproducibility``, and a section of ``results.md``).
 """
 
 from __future__ import annotations
@@ -70,6 +78,7 @@ VARIANTS = {
     "wo_g": ("sso", ["objective.use_steering=false"]),
     "detach": ("sso", ["objective.detach_weight=true"]),
     "w_prime": ("sso", ["objective.weight=w_prime"]),
+    "w_prime_detach": ("sso", ["objective.weight=w_prime", "objective.detach_weight=true"]),
 }
 VARIANT_NAMES = {
     "sso": "SSO",
@@ -78,6 +87,7 @@ VARIANT_NAMES = {
     "wo_g": "SSO w/o G",
     "detach": "SSO, W detached",
     "w_prime": "SSO with W′",
+    "w_prime_detach": "SSO with W′ detached",
 }
 
 
@@ -97,7 +107,9 @@ class Cell:
     def name(self) -> str:
         return f"{self.variant}_t{self.temperature:g}_p{self.top_p:g}_g{self.gamma:g}_k{self.iterations}"
 
-    def overrides(self) -> list[str]:
+    def overrides(self, run_name: str | None = None) -> list[str]:
+        """The ``prefalign-sso`` multirun's overrides; ``run_name`` (default ``<name>_seed${seed}``)
+        names the pipelines' work folders ``logs/sso_mechanisms/<run_name>``."""
         objective, extra = VARIANTS[self.variant]
         objective_overrides = [*extra, f"objective.gamma={self.gamma}"]
         quoted = ",".join(f"'{o}'" for o in objective_overrides)
@@ -110,7 +122,7 @@ class Cell:
             f"sampling.top_p={self.top_p}",
             f"seed={','.join(str(s) for s in self.seeds)}",
             "task_name=sso_mechanisms",
-            f"run_name={self.name}_seed${{seed}}",
+            f"run_name={run_name or self.name + '_seed${seed}'}",
             "wandb=null",  # the pipeline's own W&B run: not needed here (its training runs log CSV)
             f"+heldout.limit={HELDOUT_LIMIT}",
             f"allocation.max_new_tokens={ALLOCATION_TOKENS}",
@@ -145,6 +157,13 @@ GRID = (
     Cell("w_prime", temperature=1.3, iterations=5, group="weight"),
     Cell("sso", temperature=1.0, group="temperature"),
     Cell("pbaa", temperature=1.0, group="temperature"),
+    # added after W′ separated from PBAA at 1.3: is it W′'s weighting or its gradient (an SFT-like
+    # push on y_o under x+ and x−)?
+    Cell("w_prime_detach", temperature=1.3, iterations=5, group="weight"),
+    # does W′'s effect at 1.3 carry over to the other temperatures?
+    Cell("w_prime", temperature=0.7, group="weight"),
+    Cell("w_prime", temperature=1.0, group="weight"),
+    Cell("w_prime_detach", temperature=0.7, group="weight"),
 )
 
 
@@ -166,22 +185,24 @@ def run_cell(out: Path, cell: Cell) -> float | None:
 
 
 # -- reading the pipelines' outputs ----------------------------------------------------------------
-def cell_rows(out: Path, cell: Cell) -> list[dict]:
+def cell_rows(out: Path, cell: Cell, folders: dict[int, Path] | None = None) -> list[dict]:
     """Per seed and iteration (0: the starting policy): the report's figures, W's per-sample
-    distribution in each training epoch and G's share of the loss over the training steps."""
+    distribution in each training epoch and G's share of the loss over the training steps.
+
+    ``folders`` (seed → pipeline work folder) replaces the cell's own folders (the rerun check's)."""
     from prefalign.analysis import load_run_metrics, load_sso_reports
     from prefalign.core.jsonl import read_jsonl
     from prefalign.pipelines.sso import distribution_summary
     from prefalign.worlds.verifiable import RuleJudge
     from prefalign.worlds.verifiable.metric import is_correct
 
-    judge = RuleJudge.from_file(out / "data" / "verifiable_principled" / "prompts.jsonl")
+    judge = None
     rows = []
-    for seed in cell.seeds:
-        folder = work_dir(out, cell, seed)
+    for seed, folder in (folders or {s: work_dir(out, cell, s) for s in cell.seeds}).items():
         if not (folder / "report.json").exists():
             continue
         reports = load_sso_reports(folder)
+        judge = judge or RuleJudge.from_file(out / "data" / "verifiable_principled" / "prompts.jsonl")
         rows.append(
             {
                 "seed": seed,
@@ -349,9 +370,9 @@ def summary_table(cells: list[dict]) -> str:
     the difference to PBAA at the same temperature (seed by seed, then mean ± sd)."""
     pbaa = {c["cell"]["temperature"]: c for c in cells if c["cell"]["variant"] == "pbaa"}
     lines = [
-        "| cell | iterations | signal accuracy, mean over iterations | − PBAA | signal accuracy, last | "
+        "| cell | iterations | signal accuracy, mean over iterations | − PBAA | signal accuracy, last | − PBAA | "
         "exact match, mean over iterations | − PBAA | exact match, last | − PBAA |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def per_seed(cell: dict, key: str, last: bool) -> dict[int, float]:
@@ -368,22 +389,47 @@ def summary_table(cells: list[dict]) -> str:
     for cell in cells:
         base = pbaa.get(cell["cell"]["temperature"])
         texts = []
-        for key, last, diff in (
-            ("signal_accuracy", False, True),
-            ("signal_accuracy", True, False),
-            ("exact_match", False, True),
-            ("exact_match", True, True),
+        for key, last in (
+            ("signal_accuracy", False),
+            ("signal_accuracy", True),
+            ("exact_match", False),
+            ("exact_match", True),
         ):
             mine = per_seed(cell, key, last)
             texts.append(fmt(list(mine.values())))
-            if diff:
-                if base is None or base is cell:
-                    texts.append("")
-                else:
-                    theirs = per_seed(base, key, last)
-                    texts.append(fmt([mine[s] - theirs[s] for s in mine if s in theirs]))
+            if base is None or base is cell:
+                texts.append("")
+            else:
+                theirs = per_seed(base, key, last)
+                texts.append(fmt([mine[s] - theirs[s] for s in mine if s in theirs]))
         iterations = max((r["iteration"] for r in cell["rows"]), default=0)
         lines.append(f"| {cell['label']} | {iterations} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def difference_table(cells: list[dict]) -> str:
+    """Per cell (not PBAA) and iteration: signal accuracy and exact match minus PBAA's at the same
+    temperature, seed by seed (same seed: same π_0 and iteration-1 samples), then mean ± sd."""
+    pbaa = {c["cell"]["temperature"]: c for c in cells if c["cell"]["variant"] == "pbaa"}
+    lines = [
+        "| cell | iteration | seeds | signal accuracy − PBAA | exact match − PBAA |",
+        "|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        base = pbaa.get(cell["cell"]["temperature"])
+        if base is None or base is cell:
+            continue
+        theirs = {(r["seed"], r["iteration"]): r for r in base["rows"]}
+        for i, group in by_iteration(cell["rows"]).items():
+            pairs = [(r, theirs[(r["seed"], i)]) for r in group if i > 0 and (r["seed"], i) in theirs]
+            if pairs:
+                lines.append(
+                    f"| {cell['label']} | {i} | {len(pairs)} | "
+                    + " | ".join(
+                        fmt([a[k] - b[k] for a, b in pairs]) for k in ("signal_accuracy", "exact_match")
+                    )
+                    + " |"
+                )
     return "\n".join(lines)
 
 
@@ -514,6 +560,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--probe-deadline", default=None, help="UTC time HH:MM after which no new gradient probe starts"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="committed results.json to add cells to: its cells that have no finished pipelines in --out "
+        "(their outputs gone) are kept as they are, and the new cells are checked against them",
+    )
+    parser.add_argument(
+        "--rerun-check",
+        default=None,
+        metavar="CELL",
+        help="rerun seed 0 of this committed cell (of --merge) and compare every figure with its committed rows",
+    )
     return parser.parse_args(argv)
 
 
@@ -525,14 +584,17 @@ def past(deadline: str | None) -> bool:
     return (now.tm_hour, now.tm_min) >= (hour, minute)
 
 
-# The SSO cells whose gradients are probed (seed 0, iterations PROBED_ITERATIONS): the two ends of
-# the γ sweep, off-policy samples and W′ (W detached trains from the same π_0 and samples as SSO, so
-# its first probe would repeat SSO's).
+# The SSO cells whose gradients are probed (seed 0, iterations PROBED_ITERATIONS): the γ sweep but
+# γ 1 (run before γ 0.5 was added here; its outputs are gone), off-policy samples (T 1.3 and 1.0)
+# and W′ (W detached and W′ detached train from the same π_0 and samples as SSO and W′, and the
+# probe measures the gradient with W's, so their first probes would repeat those).
 PROBED = (
     "sso_t0.7_p0.8_g0.1_k3",
     "sso_t0.7_p0.8_g2_k3",
     "sso_t1.3_p0.8_g0.1_k5",
     "w_prime_t1.3_p0.8_g0.1_k5",
+    "sso_t0.7_p0.8_g0.5_k3",
+    "sso_t1_p0.8_g0.1_k3",
 )
 PROBED_ITERATIONS = (1, 3)
 
@@ -558,9 +620,170 @@ def probe_gradients(
     return done
 
 
+# -- adding cells to committed results ------------------------------------------------------------
+# Iteration 1's figures that depend only on the data, π_0, the seed, the temperature and the number
+# of iterations (they describe the samples, drawn from π_0), not on the variant: equal across the
+# variants of one temperature when the data and π_0 are the same.
+SAMPLE_KEYS = (
+    "signal_accuracy",
+    "signal_inverted",
+    "correct_chosen",
+    "correct_rejected",
+    "correct_original",
+    "length_chosen",
+    "length_rejected",
+    "length_original",
+    "samples",
+)
+RERUN_SEED = 0
+
+
+def merge_cells(measured: list[dict], committed: list[dict]) -> list[dict]:
+    """The cells measured from ``--out`` and the committed ones not measured again (their outputs
+    gone; marked ``"source": "committed"``), in the grid's order."""
+    names = {c["name"] for c in measured}
+    kept = [c | {"source": "committed"} for c in committed if c["name"] not in names]
+    order = {cell.name: k for k, cell in enumerate(GRID)}
+    return sorted(measured + kept, key=lambda c: order.get(c["name"], len(order)))
+
+
+def same(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9
+
+
+def sample_check(measured: list[dict], committed: list[dict]) -> list[dict]:
+    """For every measured cell and every committed cell at the same temperature, top-p and number
+    of iterations, per seed of both: whether π_0's held-out exact match (iteration 0) and
+    iteration 1's :data:`SAMPLE_KEYS` are equal, and which differ."""
+    checks = []
+    for new in measured:
+        for old in committed:
+            if old["name"] == new["name"] or any(
+                new["cell"][k] != old["cell"][k] for k in ("temperature", "top_p", "iterations")
+            ):
+                continue
+            for seed in sorted({r["seed"] for r in new["rows"]} & {r["seed"] for r in old["rows"]}):
+                a = {r["iteration"]: r for r in new["rows"] if r["seed"] == seed}
+                b = {r["iteration"]: r for r in old["rows"] if r["seed"] == seed}
+                differ = [] if same(a[0]["exact_match"], b[0]["exact_match"]) else ["exact_match (π_0)"]
+                differ += [k for k in SAMPLE_KEYS if 1 in a and 1 in b and not same(a[1][k], b[1][k])]
+                checks.append({"cell": new["name"], "against": old["name"], "seed": seed, "differ": differ})
+    return checks
+
+
+def flat_figures(row: dict) -> dict[str, float]:
+    """A row's numbers, W's distributions flattened (``weight_epoch0/mean``...)."""
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update({f"{key}/{k}": float(v) for k, v in value.items()})
+        elif key not in ("seed", "iteration"):
+            out[key] = float(value)
+    return out
+
+
+def rerun_comparison(rerun_rows: list[dict], committed_rows: list[dict]) -> dict:
+    """Every figure of the rerun's rows next to the committed rows of the same seed and iteration:
+    ``{iteration: {figure: [rerun, committed]}}`` and the largest absolute difference per figure."""
+    committed = {(r["seed"], r["iteration"]): flat_figures(r) for r in committed_rows}
+    per_iteration: dict[str, dict[str, list[float]]] = {}
+    largest: dict[str, float] = {}
+    for row in rerun_rows:
+        theirs = committed.get((row["seed"], row["iteration"]))
+        if theirs is None:
+            continue
+        pairs = {k: [v, theirs[k]] for k, v in flat_figures(row).items() if k in theirs}
+        per_iteration[str(row["iteration"])] = pairs
+        for k, (a, b) in pairs.items():
+            if a == a and b == b:  # NaN (a figure PBAA does not have) on both sides is no difference
+                largest[k] = max(largest.get(k, 0.0), abs(a - b))
+    return {"iterations": per_iteration, "max_abs_diff": largest}
+
+
+def rerun_check(out: Path, cell: Cell, committed: list[dict], start: bool) -> dict | None:
+    """Reruns seed :data:`RERUN_SEED` of a committed cell (work folder ``<cell>_rerun_seed0``, all its
+    iterations) on the regenerated data and π_0 unless done before (``start``: whether it may run
+    now; ``None`` when not done) and compares its figures with the committed rows."""
+    entry = next((c for c in committed if c["name"] == cell.name), None)
+    if entry is None:
+        raise SystemExit(f"--rerun-check {cell.name}: no such cell in the committed results")
+    name = f"{cell.name}_rerun_seed{RERUN_SEED}"
+    folder = out / "logs" / "sso_mechanisms" / name
+    if not (folder / "report.json").exists():
+        if not start:
+            log.info("rerun check of %s not run (deadline passed or --report-only)", cell.name)
+            return None
+        single = Cell(**(cell.__dict__ | {"seeds": (RERUN_SEED,)}))
+        cpu_studies().app_stage(out, f"cells/{name}", "prefalign.apps.sso", single.overrides(run_name=name))
+    rows = cell_rows(out, cell, folders={RERUN_SEED: folder})
+    committed_rows = [r for r in entry["rows"] if r["seed"] == RERUN_SEED]
+    return {"cell": cell.name, "seed": RERUN_SEED} | rerun_comparison(rows, committed_rows)
+
+
+def reproducibility_markdown(check: dict) -> str:
+    """The checks that the regenerated data and π_0 are the committed cells' (their outputs gone)."""
+    lines = ["## Reproducibility: are the new cells' data and π_0 the committed cells'?", ""]
+    policy, before = check.get("policy") or {}, check.get("committed_policy") or {}
+    if policy and before:
+        equal = all(same(policy[k], before.get(k, float("nan"))) for k in policy)
+        lines.append(
+            "- π_0's exact match per condition (300 records), regenerated / committed: "
+            + ", ".join(
+                f"{k} {100 * policy[k]:.2f} / {100 * before.get(k, float('nan')):.2f}" for k in policy
+            )
+            + (" (identical)" if equal else " (**different**)")
+        )
+    samples = check.get("samples") or []
+    if samples:
+        bad = [c for c in samples if c["differ"]]
+        lines.append(
+            f"- π_0's held-out exact match and iteration 1's samples (signal accuracy, inverted rate, how "
+            f"often y+ / y− / y_o are correct, lengths; the same for every variant at one temperature): "
+            f"{len(samples) - len(bad)} of {len(samples)} (new cell, committed cell, seed) comparisons "
+            "identical"
+            + (
+                "; **different**: "
+                + "; ".join(
+                    f"{c['cell']} vs {c['against']} seed {c['seed']}: {', '.join(c['differ'])}" for c in bad
+                )
+                if bad
+                else ""
+            )
+        )
+    rerun = check.get("rerun")
+    if rerun:
+        diffs = rerun["max_abs_diff"]
+        lines.append(
+            f"- rerun of {rerun['cell']} seed {rerun['seed']} (iterations {min(rerun['iterations'])}–"
+            f"{max(rerun['iterations'])}, every figure of its rows): largest absolute difference to the committed rows "
+            f"{max(diffs.values(), default=float('nan')):.3g}"
+            + (
+                " ("
+                + ", ".join(f"{k} {v:.3g}" for k, v in sorted(diffs.items(), key=lambda kv: -kv[1])[:4])
+                + ")"
+                if any(diffs.values())
+                else ""
+            )
+        )
+        lines += [
+            "",
+            "| iteration | exact match, rerun / committed | signal accuracy | e^ā(y+) | W mean (epoch 1) |",
+            "|---|---|---|---|---|",
+        ]
+        for i, figures in rerun["iterations"].items():
+            cells = [
+                " / ".join(f"{v:.4f}" for v in figures[k]) if k in figures else ""
+                for k in ("exact_match", "signal_accuracy", "on_policy_chosen", "weight_epoch0/mean")
+            ]
+            lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    # read before anything is written: the results folder is usually where it lives
+    committed = json.loads(args.merge.read_text()) if args.merge else {}
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -569,12 +792,23 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     started = time.perf_counter()
     timings: dict[str, Any] = {}
+    by_name = {cell.name: cell for cell in GRID}
+    unknown = [
+        name
+        for name in [*(args.cells or ()), *[args.rerun_check] * bool(args.rerun_check)]
+        if name not in by_name
+    ]
+    if unknown:
+        raise SystemExit(f"unknown cell(s) {unknown}; the grid's cells: {list(by_name)}")
+    if args.rerun_check and not args.merge:
+        raise SystemExit("--rerun-check compares with committed rows: give --merge <results.json>")
+    rerun = None
+    if args.rerun_check and args.report_only:  # a rerun done by an earlier call
+        rerun = rerun_check(out, by_name[args.rerun_check], committed["cells"], start=False)
     if not args.report_only:
         timings.update(prepare(out))
-        by_name = {cell.name: cell for cell in GRID}
-        unknown = [name for name in args.cells or () if name not in by_name]
-        if unknown:
-            raise SystemExit(f"--cells: unknown cell(s) {unknown}; the grid's cells: {list(by_name)}")
+        if args.rerun_check:
+            rerun = rerun_check(out, by_name[args.rerun_check], committed["cells"], not past(args.deadline))
         for cell in [by_name[name] for name in args.cells] if args.cells else GRID:
             if past(args.deadline) and not finished(out, cell):
                 log.info("deadline %s passed: cell %s not started", args.deadline, cell.name)
@@ -585,33 +819,59 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    cells, missing = [], []
+    measured = []
     for cell in GRID:
         rows = cell_rows(out, cell)
         if not rows:
-            missing.append(cell.name)
             continue
         entry = {
             "name": cell.name,
             "label": label(cell),
             "cell": cell.__dict__ | {"seeds": list(cell.seeds)},
             "rows": rows,
+            "source": "outputs",
         }
         if cell.name in PROBED and not args.report_only and not past(args.probe_deadline):
             entry["gradients"] = probe_gradients(out, cell, cell.seeds[:1], args.probe_deadline)
         elif (out / "gradients" / f"{cell.name}.json").exists():
             entry["gradients"] = json.loads((out / "gradients" / f"{cell.name}.json").read_text())
-        cells.append(entry)
-    policy = cpu_studies().policy_results(out)
+        measured.append(entry)
+    names = {c["name"] for c in measured}
+    old_cells = [c for c in committed.get("cells", []) if c["name"] not in names]
+    cells = merge_cells(measured, old_cells)
+    missing = [cell.name for cell in GRID if cell.name not in {c["name"] for c in cells}]
+    has_policy = (out / "runs" / "policy").exists()
+    policy = cpu_studies().policy_results(out) if has_policy else committed["policy"]
+    reproducibility = committed.get("reproducibility", {})
+    if measured and old_cells:  # new cells beside committed ones: are their data and π_0 the same?
+        reproducibility = {
+            "policy": policy if has_policy else None,
+            # the first merge's committed π_0 (a later merge's file holds the regenerated one)
+            "committed_policy": reproducibility.get("committed_policy", committed["policy"]),
+            "samples": sample_check(measured, old_cells),
+            "rerun": rerun or reproducibility.get("rerun"),
+        }
     sections = [
         "Starting policy (exact match): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in policy.items()),
         "## Summary per cell (seed by seed differences to PBAA at the same temperature; %)\n\n"
         + summary_table(cells),
+        "## Differences to PBAA per iteration (seed by seed, then mean ± sd; %)\n\n"
+        + difference_table(cells),
         "## Is the mechanism active? (gradient shares: seed 0, at the start of each iteration, π = π_{i−1})\n\n"
         + mechanism_table(cells),
         "## Per iteration (W: first-epoch distribution across the iteration's samples, seed means)\n\n"
         + cell_table(cells),
     ]
+    if old_cells:
+        sections.insert(
+            1,
+            "Cells from the committed results (their pipelines' outputs are gone): "
+            + ", ".join(c["name"] for c in old_cells)
+            + "; measured in this run's outputs: "
+            + (", ".join(c["name"] for c in measured) or "none"),
+        )
+    if reproducibility:
+        sections.insert(2, reproducibility_markdown(reproducibility))
     if missing:
         sections.append("Cells not run (no finished seed): " + ", ".join(missing))
     args.results.mkdir(parents=True, exist_ok=True)
@@ -623,8 +883,10 @@ def main(argv: list[str] | None = None) -> dict:
         "cells": cells,
         "missing_cells": missing,
         "policy": policy,
+        "reproducibility": reproducibility,
         "plots": plots,
-        "timings_s": timings,
+        # each stage's and cell's wall time when it last ran (the committed ones' from --merge)
+        "timings_s": {**committed.get("timings_s", {}), **timings},
         "wall_s": round(time.perf_counter() - started, 1),
     }
     text = "\n\n".join(sections) + "\n"
