@@ -52,7 +52,7 @@ FAMILIES = ("reverse", "upper", "next_letter")
 OBJECTIVES = ("ce", "poft", "bi_poft")
 VARIANT_NAMES = {
     "sso": "SSO",
-    "sso_g2": "SSO, γ = 2",
+    "w_prime": "SSO with W′",
     "pbaa": "PBAA (no W, no G)",
     "wo_w": "SSO w/o W",
     "wo_g": "SSO w/o G",
@@ -122,8 +122,8 @@ SIZES = {
     # The README's main job: the strongest effect each mechanism study found, one seed each.
     # PoFT: experiments/poft_mechanisms part 3 (pretrained target, 400 clean + 750 noise, 15
     # epochs, batch 32: PoFT 68.7 ± 6.8 vs CE 44.2 ± 8.4 at the end, ahead in every seed).
-    # SSO: experiments/sso_mechanisms (γ = 2 at temperature 0.7: +5.3 ± 1.8 points of
-    # no-principle exact match over PBAA at iteration 3).
+    # SSO: experiments/sso_mechanisms (W′ at temperature 0.7: +10.0 ± 3.3 points of no-principle
+    # exact match over PBAA at iteration 3, seed-paired).
     "quick": Size(
         world_train=3000,
         test=200,
@@ -138,7 +138,7 @@ SIZES = {
         policy_train=3000,
         policy_epochs=16,
         sso_prompts=300,
-        sso_variants=("sso_g2", "pbaa"),
+        sso_variants=("w_prime", "pbaa"),
         sso_seeds=(0,),
     ),
     "full": Size(
