@@ -305,9 +305,8 @@ GGUF_COPY_FORMAT = 1  # bump when the copy's layout changes: older copies are th
 def default_model_cache() -> Path:
     """``$PREFALIGN_CACHE/models`` (default ``~/.cache/prefalign/models``): ``paths.cache_dir``/models,
     the ``cache_dir`` of the model configs, for callers that are not given one."""
-    return Path(
-        os.environ.get("PREFALIGN_CACHE") or Path(os.environ.get("HOME", ".")) / ".cache/prefalign"
-    ) / ("models")
+    root = os.environ.get("PREFALIGN_CACHE") or Path(os.environ.get("HOME", ".")) / ".cache" / "prefalign"
+    return Path(root) / "models"
 
 
 def gguf_identity(name_or_path: str, gguf_file: str) -> dict[str, Any]:
