@@ -29,6 +29,7 @@ def test_the_poft_study_fine_tunes_the_pretrained_target_on_the_clean_subset(tmp
         world_train=300,
         test=20,
         noise=(60,),
+        seeds=(1,),
         epochs=2,
         aligned_epochs=1,
         base_epochs=1,
