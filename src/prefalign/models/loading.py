@@ -93,13 +93,22 @@ def materialize_tiny_model(spec: TinySpec, cache_dir: str | os.PathLike) -> Path
     target = Path(cache_dir).expanduser() / f"tiny-{spec.key()}"
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     model, tokenizer = build_tiny_model(spec)
+    return publish_cached_model(target, model, tokenizer, "tiny_spec.json", asdict(spec))
+
+
+def publish_cached_model(
+    target: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, marker: str, about: dict
+) -> Path:
+    """Save ``model`` and ``tokenizer`` as the cache folder ``target``, once: written into a
+    temporary folder beside it (``marker``, the JSON of ``about``, last) and renamed into place.
+    Should another process publish the same folder first, its identical copy is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        (tmp / marker).write_text(json.dumps(about, indent=2))
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race: its copy is identical
@@ -341,7 +350,6 @@ def gguf_hf_copy(name_or_path: str, gguf_file: str, cache_dir: str | os.PathLike
     target = root / f"gguf-{Path(gguf_file).stem}-{key}"
     if (target / "gguf_source.json").exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
     log.info("dequantising %s once into %s", identity["path"], target)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, gguf_file=gguf_file, dtype=torch.float32, attn_implementation="sdpa"
@@ -353,19 +361,7 @@ def gguf_hf_copy(name_or_path: str, gguf_file: str, cache_dir: str | os.PathLike
             "blocks), so it cannot be copied to a Hugging Face folder or trained; use a Hugging Face model"
         )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, gguf_file=gguf_file)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "gguf_source.json").write_text(json.dumps(identity, indent=2))  # written last: complete
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race: its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return publish_cached_model(target, model, tokenizer, "gguf_source.json", identity)
 
 
 def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
