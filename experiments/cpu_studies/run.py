@@ -448,15 +448,21 @@ def train_aligned(out: Path, size: Size) -> dict:
     return app_stage(out, "aligned", "prefalign.apps.train", overrides, runs=2, epochs=size.aligned_epochs)
 
 
+def base_overrides(batch: int, epochs: int) -> list[str]:
+    """The pretrained target's run (the ``base`` stage, here and in experiments/poft_mechanisms):
+    the target's tiny model trained with CE on the clean world (its ChatML template and byte
+    tokenizer), exported to ``runs/base/hf``."""
+    return ["experiment=cpu_world_ce", f"data.batch_size={batch}", f"trainer.max_epochs={epochs}", "seed=0"]
+
+
+def pretrained_target_overrides(out: Path) -> list[str]:
+    """Start a training run from the pretrained target of the ``base`` stage instead of a fresh tiny model."""
+    return ["model=hf", f"model.name_or_path={out / 'runs' / 'base' / 'hf'}", "model.dtype=float32"]
+
+
 def train_base(out: Path, size: Size) -> dict:
-    """The pretrained target (``size.base_epochs`` > 0): the target's tiny model trained with CE on
-    the clean world (its ChatML template and byte tokenizer), exported to ``runs/base/hf``."""
-    overrides = [
-        "experiment=cpu_world_ce",
-        f"data.batch_size={size.batch}",
-        f"trainer.max_epochs={size.base_epochs}",
-        "seed=0",
-    ]
+    """The pretrained target (``size.base_epochs`` > 0), see :func:`base_overrides`."""
+    overrides = base_overrides(size.batch, size.base_epochs)
     return app_stage(out, "base", "prefalign.apps.train", overrides, multirun=False, epochs=size.base_epochs)
 
 
@@ -470,8 +476,8 @@ def train_poft_grid(out: Path, size: Size) -> dict:
         f"data.batch_size={size.batch}",
         "aligned.score_missing=true",  # the first run of each noise rate scores it; the rest reuse the cache
     ]
-    if size.base_epochs:  # start from the pretrained target
-        overrides += ["model=hf", f"model.name_or_path={out / 'runs' / 'base' / 'hf'}", "model.dtype=float32"]
+    if size.base_epochs:
+        overrides += pretrained_target_overrides(out)
     runs = len(size.objectives) * len(size.noise) * len(size.seeds)
     return app_stage(out, "poft", "prefalign.apps.train", overrides, runs=runs, epochs=size.epochs)
 

@@ -195,18 +195,12 @@ def run_format(out: Path, s: Settings) -> None:
 
 def warm_overrides(out: Path) -> list[str]:
     """Start the target from the pretrained base (``run_base``) instead of a fresh tiny model."""
-    return ["model=hf", f"model.name_or_path={out / 'runs' / 'base' / 'hf'}", "model.dtype=float32"]
+    return cs.pretrained_target_overrides(out)
 
 
 def run_base(out: Path, s: Settings) -> None:
     """A pretrained target: CE on the world's clean conversations (its ChatML and byte tokenizer)."""
-    overrides = [
-        "experiment=cpu_world_ce",
-        f"data.batch_size={s.batch}",
-        f"trainer.max_epochs={s.base_epochs}",
-        "seed=0",
-    ]
-    train(out, "base", overrides, multirun=False)
+    train(out, "base", cs.base_overrides(s.batch, s.base_epochs), multirun=False)
 
 
 def run_warm(out: Path, s: Settings) -> None:
