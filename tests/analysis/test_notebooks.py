@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[notebooks]' (in the dev extra)")
+nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[notebooks]' (in the dev extra)")
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -94,7 +94,7 @@ def test_there_are_three_notebooks():
 
 def test_the_readme_papermill_command_runs_a_notebook_on_ones_own_artefacts(artefacts, tmp_path):
     """``papermill`` (the `notebooks` extra) with YAML parameters, as the README shows it."""
-    pytest.importorskip("papermill")
+    pytest.importorskip("papermill", reason="pip install -e '.[notebooks]' (in the dev extra)")
     import os
     import subprocess
     import sys

@@ -106,7 +106,7 @@ def test_the_dashboard_layout_is_documented_and_its_poft_keys_are_logged(artefac
                     ("train/tau", "train/margin", "train/r_", "data/aligned_score", "train/samples")
                 ):
                     assert key in logged, key
-    pytest.importorskip("wandb_workspaces")
+    pytest.importorskip("wandb_workspaces", reason="pip install -e '.[dashboard]' (in the dev extra)")
     workspace = script.build_workspace("someone", "prefalign", "view")  # offline: nothing is saved
     assert [s.name for s in workspace.sections] == [name for name, _ in script.LAYOUT]
     assert script.main(["--dry-run"]) == 0

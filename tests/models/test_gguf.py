@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from prefalign.models.loading import load_causal_lm
 
-gguf = pytest.importorskip("gguf", reason="the demo extra is not installed: pip install -e '.[demo]'")
+gguf = pytest.importorskip("gguf", reason="gguf is not installed: pip install -e '.[dev]' (or '.[demo]')")
 
 
 @pytest.fixture(autouse=True)

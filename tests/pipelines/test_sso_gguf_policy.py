@@ -16,7 +16,7 @@ from prefalign.config import config_dir, register_resolvers
 from prefalign.models.loading import load_causal_lm
 from prefalign.pipelines.sso import SSOPipeline
 
-pytest.importorskip("gguf", reason="the demo extra is not installed: pip install -e '.[demo]'")
+pytest.importorskip("gguf", reason="gguf is not installed: pip install -e '.[dev]' (or '.[demo]')")
 _spec = importlib.util.spec_from_file_location(
     "gguf_fixture", Path(__file__).parents[1] / "models" / "test_gguf.py"
 )
