@@ -84,7 +84,9 @@ def _missing_asset_packages(app: str, override: str) -> list[str]:
         for sub, choice in re.findall(r"^\s*- (?:override )?/?(\w+): (\w+)", text, flags=re.M)
         if (CONF / sub / f"{choice}.yaml").exists()
     )
-    return sorted(p for p in set(re.findall(r"package_file:(\w+)", text)) if importlib.util.find_spec(p) is None)
+    return sorted(
+        p for p in set(re.findall(r"package_file:(\w+)", text)) if importlib.util.find_spec(p) is None
+    )
 
 
 @pytest.mark.parametrize(("app", "override"), EXPERIMENTS)
