@@ -69,7 +69,9 @@ def test_open_llm_leaderboard_is_the_poft_papers_table_6():
 
 @pytest.mark.parametrize("preset", HUB_PRESETS)
 def test_hub_presets_name_registered_tasks_with_their_metric_and_filter(preset, registry):
-    _yaml = pytest.importorskip("lm_eval.tasks._yaml_loader", reason="pip install -e '.[eval]' (in the dev extra)")
+    _yaml = pytest.importorskip(
+        "lm_eval.tasks._yaml_loader", reason="pip install -e '.[eval]' (in the dev extra)"
+    )
     specs = _specs(preset)
     check_task_names(specs, registry)
     for spec in specs:
