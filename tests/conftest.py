@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from skip_reasons import (
+    EXPECTED_SKIPS_FILE,
+    checking_skips,
+    expected_skip_patterns,
+    unexpected_skip_reasons,
+)
 
 from prefalign.models.chat_templates import TEMPLATES
 
@@ -94,28 +98,13 @@ def run_app(session_cache):
     return run
 
 
-# --- Skip reasons: on CI (a clean virtual environment, `.ci/run`), every skip must be one the
-# README's install leaves skipped on purpose (tests/expected_skips.txt); an unlisted reason means a
-# test silently depends on something installed by hand, and fails the run.
-EXPECTED_SKIPS_FILE = Path(__file__).parent / "expected_skips.txt"
+# --- Skip reasons (tests/skip_reasons.py): listed after every run; on CI an unlisted one fails it.
 _skip_reasons: Counter = Counter()
-
-
-def expected_skip_patterns(path: Path = EXPECTED_SKIPS_FILE) -> list[re.Pattern]:
-    """The allowed skip reasons: one regular expression a line (searched in the reason), ``#`` comments."""
-    lines = (line.split(" #", 1)[0].strip() for line in path.read_text().splitlines())
-    return [re.compile(line) for line in lines if line and not line.startswith("#")]
-
-
-def unexpected_skip_reasons(reasons, patterns) -> list[str]:
-    """The reasons that no allowed pattern matches."""
-    return sorted(r for r in reasons if not any(p.search(r) for p in patterns))
 
 
 def _record_skip(report) -> None:
     if report.skipped and isinstance(report.longrepr, tuple):
-        reason = report.longrepr[2].removeprefix("Skipped: ")
-        _skip_reasons[reason] += 1
+        _skip_reasons[report.longrepr[2].removeprefix("Skipped: ")] += 1
 
 
 def pytest_runtest_logreport(report):
@@ -127,20 +116,14 @@ def pytest_collectreport(report):
     _record_skip(report)
 
 
-def _check_skips() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def pytest_terminal_summary(terminalreporter):
     if not _skip_reasons:
         return
-    patterns = expected_skip_patterns()
-    unexpected = set(unexpected_skip_reasons(_skip_reasons, patterns))
+    unexpected = set(unexpected_skip_reasons(_skip_reasons, expected_skip_patterns()))
     terminalreporter.section("skip reasons")
     for reason, count in sorted(_skip_reasons.items()):
-        mark = "UNEXPECTED " if reason in unexpected else ""
-        terminalreporter.write_line(f"{mark}{count:4d} x {reason}")
-    if unexpected and _check_skips():
+        terminalreporter.write_line(f"{'UNEXPECTED ' if reason in unexpected else ''}{count:4d} x {reason}")
+    if unexpected and checking_skips():
         terminalreporter.write_line(
             f"{len(unexpected)} skip reason(s) not in {EXPECTED_SKIPS_FILE.name}: a test depends on "
             "something the README's install does not provide (install it in the dev extra, or skip "
@@ -150,5 +133,5 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _check_skips() and unexpected_skip_reasons(_skip_reasons, expected_skip_patterns()):
+    if checking_skips() and unexpected_skip_reasons(_skip_reasons, expected_skip_patterns()):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

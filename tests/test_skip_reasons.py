@@ -3,7 +3,7 @@ leave): the allowed list names how to run each skipped test, and an unlisted rea
 
 from __future__ import annotations
 
-from conftest import EXPECTED_SKIPS_FILE, expected_skip_patterns, unexpected_skip_reasons
+from skip_reasons import EXPECTED_SKIPS_FILE, expected_skip_patterns, unexpected_skip_reasons
 
 
 def test_every_allowed_skip_reason_says_how_to_install_what_is_missing():
