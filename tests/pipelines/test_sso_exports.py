@@ -18,6 +18,7 @@ def test_every_iterations_pairs_are_written_as_trl_conversational_datasets(finis
             datasets.load_dataset("json", data_files=str(folder / "preferences.trl.jsonl"), split="train"),
         ):
             assert set(ds.column_names) == set(pairs[0])  # the same fields, in conversational form
+            assert "hit_max_new_tokens" in ds.column_names  # cut-off answers can be filtered out
             assert ds["id"] == [p["id"] for p in pairs]
             for row, pair in zip(ds, pairs, strict=True):
                 assert row["prompt"] == [{"role": "user", "content": pair["prompt"]}]

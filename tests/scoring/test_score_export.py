@@ -37,11 +37,17 @@ def _score_cfg(tmp_path, session_cache, *overrides):
         GlobalHydra.instance().clear()
 
 
-def test_score_exports_every_split_with_member_and_aligned_score_columns(tmp_path, session_cache):
+def test_score_exports_every_split_with_member_and_aligned_score_columns(
+    tmp_path, session_cache, monkeypatch
+):
     from prefalign.apps.score import score
 
+    elsewhere = tmp_path / "launched_here"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a relative export.dir follows paths.root_dir, not the current folder
+    summary = score(_score_cfg(tmp_path, session_cache, "export.dir=scored", "export.format=both"))
     out = tmp_path / "scored"
-    summary = score(_score_cfg(tmp_path, session_cache, f"export.dir={out}", "export.format=both"))
+    assert not list(elsewhere.iterdir())
     means = {(row["split"], row["member"]): row["mean_score"] for row in summary}
     for split, size in (("train", 12), ("val", 6)):
         for ds in (

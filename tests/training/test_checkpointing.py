@@ -44,17 +44,3 @@ def test_atomic_folder_replaces_an_existing_folder_only_when_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
 
 
-def test_atomic_folder_keeps_the_named_entries_of_the_folder_it_replaces(tmp_path):
-    target = tmp_path / "hf"
-    with atomic_folder(target) as tmp:
-        (tmp / "model.txt").write_text("first")
-    with atomic_folder(target / "epoch_000") as tmp:  # a per-epoch export inside the final one
-        (tmp / "model.txt").write_text("epoch 0")
-    with atomic_folder(target, keep=("epoch_*",)) as tmp:
-        (tmp / "model.txt").write_text("final")
-    assert (target / "model.txt").read_text() == "final"
-    assert (target / "epoch_000" / "model.txt").read_text() == "epoch 0"
-    with atomic_folder(target) as tmp:  # without keep, the replaced folder goes entirely
-        (tmp / "model.txt").write_text("again")
-    assert sorted(p.name for p in target.iterdir()) == ["model.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]

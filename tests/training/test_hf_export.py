@@ -1,4 +1,5 @@
-"""Hugging Face exports of a training run: every epoch (``hf/epoch_<e>``), the final model, a LoRA
+"""Hugging Face exports of a training run: every epoch (``hf_epochs/epoch_<e>``), the final model alone
+in ``hf/``, a LoRA
 run's merged model beside its adapter, and a ``generation_config`` that stops ``generate()`` at
 the chat template's end-of-turn token when the template is overridden.
 
@@ -83,12 +84,14 @@ def _assert_stops_at_the_end_of_turn(folder: Path) -> None:
 @pytest.mark.slow
 def test_every_epoch_and_the_final_export_load_and_stop_at_the_end_of_turn(compose_train, tmp_path):
     hf = _run(compose_train, tmp_path, "trainer.max_epochs=2", "optimizer.lr=3e-2")
-    assert sorted(p.name for p in hf.iterdir() if p.is_dir()) == ["epoch_000", "epoch_001"]
-    for folder in (hf / "epoch_000", hf / "epoch_001", hf):
+    epochs = hf.parent / "hf_epochs"
+    assert not [p for p in hf.iterdir() if p.is_dir()]  # the final model alone: it uploads as it is
+    assert sorted(p.name for p in epochs.iterdir()) == ["epoch_000", "epoch_001"]
+    for folder in (epochs / "epoch_000", epochs / "epoch_001", hf):
         assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
         _assert_stops_at_the_end_of_turn(folder)
     # the final export is the model after the last epoch
-    last = AutoModelForCausalLM.from_pretrained(hf / "epoch_001").state_dict()
+    last = AutoModelForCausalLM.from_pretrained(epochs / "epoch_001").state_dict()
     for name, tensor in AutoModelForCausalLM.from_pretrained(hf).state_dict().items():
         torch.testing.assert_close(tensor, last[name], rtol=0, atol=0, msg=name)
     assert not [p for p in tmp_path.rglob(".*tmp")]  # no temporary folder left behind
@@ -98,7 +101,7 @@ def test_every_epoch_and_the_final_export_load_and_stop_at_the_end_of_turn(compo
 def test_lora_run_exports_the_merged_model_beside_its_adapter(compose_train, tmp_path):
     lora = "{r: 8, lora_alpha: 16, lora_dropout: 0.0, target_modules: all-linear}"
     hf = _run(compose_train, tmp_path, "trainer.max_epochs=2", "optimizer.lr=3e-2", f"model.lora={lora}")
-    for folder in (hf / "epoch_001", hf):
+    for folder in (hf.parent / "hf_epochs" / "epoch_001", hf):
         assert (folder / "adapter" / "adapter_config.json").exists()
         assert not (folder / "adapter_config.json").exists()  # the top folder is a plain model
         _assert_stops_at_the_end_of_turn(folder)
@@ -108,7 +111,15 @@ def test_lora_run_exports_the_merged_model_beside_its_adapter(compose_train, tmp
 def test_every_n_epochs_must_be_a_non_negative_integer():
     with pytest.raises(ValueError, match="every_n_epochs"):
         ExportHF("hf", every_n_epochs=-1)
-    assert ExportHF("hf", every_n_epochs=2).epoch_dirpath(4) == Path("hf") / "epoch_004"
+    assert ExportHF("run/hf", every_n_epochs=2).epoch_dirpath(4) == Path("run/hf_epochs/epoch_004")
+    assert ExportHF("hf", 1, epochs_dirpath="e").epoch_dirpath(0) == Path("e/epoch_000")
+
+
+def test_the_default_config_puts_epoch_exports_beside_the_final_export(compose_train):
+    cfg = compose_train(["callbacks.hf_export.every_n_epochs=1"])
+    export = cfg.callbacks.hf_export
+    assert export.dirpath == f"{cfg.paths.output_dir}/hf"
+    assert export.epochs_dirpath == f"{cfg.paths.output_dir}/hf_epochs"
 
 
 def _adapter_matches_merged(folder: Path) -> None:
@@ -144,8 +155,8 @@ def test_two_process_ddp_exports_every_epoch_from_rank_zero(compose_train, tmp_p
     )
     run_task(train, cfg)
     hf = Path(cfg.paths.output_dir) / "hf"
-    assert sorted(p.name for p in hf.iterdir() if p.is_dir()) == ["epoch_000", "epoch_001"]
-    last = AutoModelForCausalLM.from_pretrained(hf / "epoch_001").state_dict()
+    assert sorted(p.name for p in (hf.parent / "hf_epochs").iterdir()) == ["epoch_000", "epoch_001"]
+    last = AutoModelForCausalLM.from_pretrained(hf.parent / "hf_epochs" / "epoch_001").state_dict()
     final = AutoModelForCausalLM.from_pretrained(hf)
     for name, tensor in final.state_dict().items():
         torch.testing.assert_close(tensor, last[name], rtol=0, atol=0, msg=name)
@@ -183,7 +194,8 @@ def test_two_process_fsdp2_lora_run_exports_merged_models_gathered_from_the_shar
     )
     assert result.returncode == 0, result.stderr[-4000:]
     hf = tmp_path / "run" / "hf"
-    assert sorted(p.name for p in hf.iterdir() if p.is_dir()) == ["adapter", "epoch_000", "epoch_001"]
-    for folder in (hf / "epoch_000", hf):
+    assert sorted(p.name for p in hf.iterdir() if p.is_dir()) == ["adapter"]
+    assert sorted(p.name for p in (hf.parent / "hf_epochs").iterdir()) == ["epoch_000", "epoch_001"]
+    for folder in (hf.parent / "hf_epochs" / "epoch_000", hf):
         assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["target_modules"]
         _adapter_matches_merged(folder)

@@ -96,7 +96,8 @@ def score(cfg: DictConfig) -> list[dict]:
 
 
 def export_scored(cfg: DictConfig, aligned: dict, scored: dict) -> dict[str, dict]:
-    """Write every scored split with its score columns (``export.dir``, ``export.format``); returns
+    """Write every scored split with its score columns (``export.dir``, relative to ``paths.root_dir``
+    like every other output; ``export.format``); returns
     the written paths per split. The scores are read back from the cache just written, and combined
     as training combines them (:func:`prefalign.scoring.frozen.aligned_score_columns`)."""
     from pathlib import Path
@@ -109,7 +110,8 @@ def export_scored(cfg: DictConfig, aligned: dict, scored: dict) -> dict[str, dic
     for split, (ds, source) in scored.items():
         columns, _ = aligned_score_columns(ds, {**aligned, "score_missing": False}, source)
         rows = to_scored_sft(ds, columns, source)
-        written[split] = save(rows, Path(cfg.export.dir) / split, fmt, source=source)
+        # a relative export.dir lies under paths.root_dir ($PREFALIGN_ROOT), as every other output
+        written[split] = save(rows, Path(cfg.paths.root_dir) / cfg.export.dir / split, fmt, source=source)
     return written
 
 

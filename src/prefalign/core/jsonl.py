@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -101,16 +101,9 @@ def write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike, keep: Sequence[str] = ()) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; when the block succeeds it replaces ``path``
-    (an existing folder is moved aside first and removed after), when it fails it is removed.
-
-    Args:
-        keep: glob patterns of entries of the existing folder that are carried over into the new
-            one (unless the new one has an entry of that name), e.g. ``("epoch_*",)`` keeps the
-            per-epoch exports inside a run's final export folder. Should moving them fail, the
-            old folder stays beside ``path`` (``.<name>.*.old``) rather than being removed.
-    """
+    (an existing folder is moved aside first and removed after), when it fails it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -122,10 +115,6 @@ def atomic_folder(path: str | os.PathLike, keep: Sequence[str] = ()) -> Iterator
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
-            for pattern in keep:
-                for entry in sorted((old / path.name).glob(pattern)):
-                    if not (path / entry.name).exists():
-                        os.replace(entry, path / entry.name)
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():

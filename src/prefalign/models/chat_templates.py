@@ -22,6 +22,11 @@ class ChatTemplate:
         jinja: the template text.
         bos_token / eos_token: the tokenizer's BOS and EOS; ``eos_token`` ends an assistant turn.
         supports_system: whether the template accepts a ``system`` message.
+        training_jinja: the same template with ``{% generation %}`` / ``{% endgeneration %}`` around
+            each assistant turn's content and end-of-turn token (the project's response tokens,
+            :mod:`prefalign.data.chat`). The markers render nothing, so it renders byte-identically
+            to ``jinja``; Hugging Face's ``return_assistant_tokens_mask`` and TRL's
+            ``assistant_only_loss=True`` need them. Exports carry it (:func:`training_template`).
     """
 
     name: str
@@ -29,6 +34,7 @@ class ChatTemplate:
     jinja: str
     bos_token: str
     eos_token: str
+    training_jinja: str
     supports_system: bool = True
 
 
@@ -43,6 +49,21 @@ ZEPHYR = ChatTemplate(
         "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
         "{% elif message['role'] == 'assistant' %}\n"
         "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+        "{% endif %}\n"
+        "{% if loop.last and add_generation_prompt %}\n"
+        "{{ '<|assistant|>' }}\n"
+        "{% endif %}\n"
+        "{% endfor %}"
+    ),
+    training_jinja=(
+        "{% for message in messages %}\n"
+        "{% if message['role'] == 'user' %}\n"
+        "{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+        "{% elif message['role'] == 'system' %}\n"
+        "{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+        "{% elif message['role'] == 'assistant' %}\n"
+        "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+        "{{ '\n' }}"  # a newline after a block tag is trimmed, after an expression it is printed
         "{% endif %}\n"
         "{% if loop.last and add_generation_prompt %}\n"
         "{{ '<|assistant|>' }}\n"
@@ -64,6 +85,15 @@ LLAMA3 = ChatTemplate(
         "{{ content }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
     ),
+    training_jinja=(
+        "{% set loop_messages = messages %}{% for message in loop_messages %}"
+        "{% set header = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' %}"
+        "{% if loop.index0 == 0 %}{% set header = bos_token + header %}{% endif %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{{ header }}{% generation %}{{ message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+        "{% else %}{{ header + message['content'] | trim + '<|eot_id|>' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
     bos_token="<|begin_of_text|>",
     eos_token="<|eot_id|>",
 )
@@ -75,6 +105,15 @@ CHATML = ChatTemplate(
         "{% for message in messages %}"
         "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
         "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    training_jinja=(
+        "{% for message in messages %}"
+        "{% if message['role'] == 'assistant' %}"
+        "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}"
+        "{% endgeneration %}{{ '\n' }}"
+        "{% else %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+        "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
     bos_token="<s>",
@@ -91,6 +130,17 @@ MISTRAL = ChatTemplate(
         "{% endif %}"
         "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
         "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' }}"
+        "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
+        "{% endif %}{% endfor %}"
+    ),
+    training_jinja=(
+        "{{ bos_token }}{% for message in messages %}"
+        "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+        "{% endif %}"
+        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}"
+        "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ ' ' }}"
         "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
         "{% endif %}{% endfor %}"
     ),
@@ -118,6 +168,16 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "[INST]",
     "[/INST]",
 )
+
+
+def training_template(chat_template: str | None) -> str | None:
+    """The ``{% generation %}``-marked form of ``chat_template`` when it is one of the project's own
+    templates (:data:`TEMPLATES`, verbatim), else ``chat_template`` unchanged (a model's own
+    template is the model's: not rewritten). Both render byte-identically."""
+    for template in TEMPLATES.values():
+        if chat_template == template.jinja:
+            return template.training_jinja
+    return chat_template
 
 
 def get_template(name: str) -> ChatTemplate:

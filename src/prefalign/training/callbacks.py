@@ -159,13 +159,14 @@ class ExportHF(L.Callback):
 
     Layout (:func:`prefalign.training.checkpointing.write_hf_export`)::
 
-        <dirpath>/                 the final model: AutoModelForCausalLM / vLLM / lm-eval load it
-        <dirpath>/adapter/         LoRA runs only: the adapter alone (<dirpath>/ holds it merged)
-        <dirpath>/epoch_<e>/       every_n_epochs > 0: the model after epoch e (same layout); e is
-                                   0-based like the checkpoints, epoch_000 = checkpoints/epoch_000.ckpt
+        <dirpath>/                   the final model alone: AutoModelForCausalLM / vLLM / lm-eval load
+                                     it, and it uploads to the Hub as it is
+        <dirpath>/adapter/           LoRA runs only: the adapter alone (<dirpath>/ holds it merged)
+        <epochs_dirpath>/epoch_<e>/  every_n_epochs > 0: the model after epoch e (same layout); e is
+                                     0-based like the checkpoints, epoch_000 = checkpoints/epoch_000.ckpt
 
-    Every folder is written to a temporary folder beside it and renamed when complete (the final
-    export keeps the ``epoch_*`` folders already there), only from finite weights
+    Every folder is written to a temporary folder beside it and renamed when complete, only from
+    finite weights
     (:func:`prefalign.training.guards.check_finite_weights`), by global rank 0 (under DDP); sharded
     models (FSDP, FSDP2) are gathered into a full state dict on the CPU first, on every rank.
     ``generation_config.json`` stops generation at the chat template's end-of-turn token as well
@@ -174,11 +175,13 @@ class ExportHF(L.Callback):
 
     Args:
         dirpath: the final export's folder (the run's ``hf/``).
-        every_n_epochs: also export after every n-th training epoch to ``<dirpath>/epoch_<e>``
+        every_n_epochs: also export after every n-th training epoch to ``<epochs_dirpath>/epoch_<e>``
             (0: the final export only).
+        epochs_dirpath: where the per-epoch exports go, beside the final one (the run's
+            ``hf_epochs/``); ``None``: ``<dirpath>_epochs``.
     """
 
-    def __init__(self, dirpath: str, every_n_epochs: int = 0) -> None:
+    def __init__(self, dirpath: str, every_n_epochs: int = 0, epochs_dirpath: str | None = None) -> None:
         if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
             raise ValueError(
                 f"callbacks.hf_export.every_n_epochs must be an integer >= 0 (0: final export only), "
@@ -186,10 +189,11 @@ class ExportHF(L.Callback):
             )
         self.dirpath = dirpath
         self.every_n_epochs = every_n_epochs
+        self.epochs_dirpath = epochs_dirpath if epochs_dirpath is not None else f"{dirpath}_epochs"
 
     def epoch_dirpath(self, epoch: int) -> Path:
-        """Where the export after (0-based) ``epoch`` goes: ``<dirpath>/epoch_<epoch:03d>``."""
-        return Path(self.dirpath) / f"epoch_{epoch:03d}"
+        """Where the export after (0-based) ``epoch`` goes: ``<epochs_dirpath>/epoch_<epoch:03d>``."""
+        return Path(self.epochs_dirpath) / f"epoch_{epoch:03d}"
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.every_n_epochs or trainer.sanity_checking:
@@ -199,11 +203,9 @@ class ExportHF(L.Callback):
         self.export(trainer, pl_module, self.epoch_dirpath(trainer.current_epoch))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.export(trainer, pl_module, Path(self.dirpath), keep=("epoch_*",))
+        self.export(trainer, pl_module, Path(self.dirpath))
 
-    def export(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, dirpath: Path, keep: tuple[str, ...] = ()
-    ) -> None:
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule, dirpath: Path) -> None:
         """Write the model to ``dirpath`` (called on every rank: the finiteness check and the
         gathering of shards are collective; rank 0 writes)."""
         from prefalign.training.checkpointing import atomic_folder, write_hf_export
@@ -220,7 +222,7 @@ class ExportHF(L.Callback):
                 model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         if trainer.is_global_zero:
-            with atomic_folder(dirpath, keep=keep) as tmp:  # never half an export under the final name
+            with atomic_folder(dirpath) as tmp:  # never half an export under the final name
                 write_hf_export(model, getattr(trainer.datamodule, "tokenizer", None), tmp, state_dict)
             log.info("exported the model to %s", dirpath)
         trainer.strategy.barrier()

@@ -103,6 +103,41 @@ def merged_lora_copy(model: Any, state_dict: dict[str, torch.Tensor] | None = No
     return merged
 
 
+# Tokenizer settings of how it was loaded on this machine (``from_pretrained`` keeps them in
+# ``init_kwargs``, ``save_pretrained`` writes them out): an export carries none of them.
+LOADING_SETTINGS = (
+    "is_local",
+    "local_files_only",
+    "cache_dir",
+    "revision",
+    "token",
+    "use_auth_token",
+    "force_download",
+    "proxies",
+    "subfolder",
+    "trust_remote_code",
+    "gguf_file",
+    "_commit_hash",
+)
+
+
+def save_tokenizer(tokenizer: Any, folder: str | Path) -> None:
+    """Save ``tokenizer`` into ``folder`` as an export should hold it: without the loading-time
+    settings of this machine (:data:`LOADING_SETTINGS`), and with the ``{% generation %}``-marked
+    form of the project's own chat templates (:func:`prefalign.models.chat_templates.training_template`:
+    it renders byte-identically, and TRL's ``assistant_only_loss=True`` accepts it). The tokenizer
+    object itself is left as it was."""
+    from prefalign.models.chat_templates import training_template
+
+    template, kwargs = tokenizer.chat_template, tokenizer.init_kwargs
+    tokenizer.chat_template = training_template(template)
+    tokenizer.init_kwargs = {k: v for k, v in kwargs.items() if k not in LOADING_SETTINGS}
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.chat_template, tokenizer.init_kwargs = template, kwargs
+
+
 def write_hf_export(
     model: Any,
     tokenizer: Any,
@@ -131,7 +166,7 @@ def write_hf_export(
     if is_peft_model(model):
         model.save_pretrained(folder / "adapter", state_dict=state_dict)
         if tokenizer is not None:
-            tokenizer.save_pretrained(folder / "adapter")
+            save_tokenizer(tokenizer, folder / "adapter")
         full = merged_lora_copy(model, state_dict)
         full.save_pretrained(folder)
     else:
@@ -139,7 +174,7 @@ def write_hf_export(
         model.save_pretrained(folder, state_dict=state_dict)
     if tokenizer is None:
         return
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
     generation = getattr(full, "generation_config", None)
     if generation is not None and (folder / "generation_config.json").exists():
         generation = copy.deepcopy(generation)
