@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.config import hydra_run_info, validate_train_config
@@ -31,6 +33,7 @@ from prefalign.objectives.base import Objective
 from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
 from prefalign.training.resume import latest_checkpoint
+from prefalign.training.signals import Interrupted, StopOnSignal
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +226,12 @@ def build_module_and_data(cfg: DictConfig, objective: Any) -> tuple[L.LightningM
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from the config, attach frozen-model columns, fit, and return the final
-    callback metrics."""
+    callback metrics.
+
+    Raises:
+        Interrupted: the fit was stopped by SIGTERM / SIGINT (a ``SystemExit`` with status 143 /
+            130; :mod:`prefalign.training.signals`), after writing ``step.ckpt``.
+    """
     resolve_ckpt_path(cfg)
     validate_train_config(cfg)
     check_data_keys(cfg)
@@ -239,7 +247,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config["_hydra"] = hydra_run_info()  # chosen groups, command-line overrides, sweep (not in cfg)
     for logger in loggers:
         logger.log_hyperparams(config)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException as stop:  # a SystemExit without a code: exit status 0 if left alone
+        stopper = next((c for c in callbacks if isinstance(c, StopOnSignal)), None)
+        error = stopper.interrupted(trainer) if stopper else Interrupted(signal.SIGTERM, "no checkpoint")
+        log.error("%s", error)
+        raise error from stop
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
