@@ -34,6 +34,7 @@ from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
 from prefalign.training.resume import latest_checkpoint
 from prefalign.training.signals import Interrupted, StopOnSignal
+from prefalign.training.verification import check_checkpoint_fits, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +185,19 @@ def check_data_keys(cfg: DictConfig) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> None:
-    """``ckpt_path=auto``: replaced by the newest checkpoint of this run's own folder
-    (:func:`prefalign.training.resume.latest_checkpoint`), or ``None`` when it has none yet."""
-    if cfg.get("ckpt_path") != "auto":
+    """``ckpt_path=auto``: replaced by the newest intact checkpoint of this run's own folder
+    (:func:`prefalign.training.resume.latest_checkpoint`), or ``None`` when it has none yet. A
+    checkpoint named explicitly is verified (:func:`prefalign.training.verification.verify_checkpoint`:
+    a damaged one is an error naming the file and the entry)."""
+    if cfg.get("ckpt_path") is None:
+        return
+    if cfg.ckpt_path != "auto":
+        if Path(cfg.ckpt_path).exists():  # a missing one: validate_train_config names the key
+            verify_checkpoint(cfg.ckpt_path)
         return
     dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
     checkpoint_dir = Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
-    found = latest_checkpoint(checkpoint_dir)
+    found = latest_checkpoint(checkpoint_dir)  # verified; a damaged one is skipped, saying so
     if found is None:
         log.info("ckpt_path=auto: no checkpoint in %s yet, starting from scratch", checkpoint_dir)
     with open_dict(cfg):
@@ -238,6 +245,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     objective = instantiate(cfg.objective)  # its own argument checks run before the model loads
     module, datamodule = build_module_and_data(cfg, objective)
+    if cfg.get("ckpt_path"):
+        check_checkpoint_fits(cfg.ckpt_path, module)  # another model shape: named, not torch's error
     loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer = instantiate(
