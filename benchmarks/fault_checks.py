@@ -4,8 +4,9 @@ the CRC verification of a checkpoint before it is used, and the SHA-256 record o
 - ``fingerprint``: :func:`prefalign.models.identity.folder_fingerprint` of a ``--folder-mb`` MB
   model folder (two safetensors shards, their index, a config and a tokenizer file).
 - ``checkpoint``: :func:`prefalign.training.verification.verify_checkpoint` of a ``--checkpoint-mb``
-  MB checkpoint written by ``torch.save``, beside ``torch.load`` of the same file (what the resume
-  does next) for scale.
+  MB checkpoint written by ``torch.save``, and the shape check
+  (:func:`~prefalign.training.verification.check_checkpoint_fits`), beside ``torch.load`` of the
+  same file (what the resume does next) for scale.
 - ``export``: :func:`prefalign.core.checksums.write_checksums` (at export) and
   :func:`~prefalign.core.checksums.verify_checksums` (before loading) of a folder holding that
   same ``--checkpoint-mb`` MB as safetensors.
@@ -30,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors.torch import save_file
@@ -37,7 +39,7 @@ from safetensors.torch import save_file
 from prefalign.core.checksums import verify_checksums, write_checksums
 from prefalign.core.jsonl import write_json
 from prefalign.models.identity import folder_fingerprint
-from prefalign.training.verification import verify_checkpoint
+from prefalign.training.verification import check_checkpoint_fits, verify_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "fault_checks.json"
 MB = 1 << 20
@@ -126,6 +128,11 @@ def main() -> None:
         results["checkpoint"] = {
             "checkpoint_mb": size_mb(checkpoint),
             "verify_checkpoint": timed(lambda: verify_checkpoint(checkpoint), checkpoint, args.repeat),
+            "check_checkpoint_fits": timed(  # the shape check: a memory-mapped load, shapes compared
+                lambda: check_checkpoint_fits(checkpoint, SimpleNamespace(state_dict=lambda: state)),
+                checkpoint,
+                args.repeat,
+            ),
             "torch_load_for_scale": timed(
                 lambda: torch.load(checkpoint, map_location="cpu", weights_only=False),
                 checkpoint,

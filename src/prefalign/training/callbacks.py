@@ -192,6 +192,7 @@ class ExportHF(L.Callback):
             )
         self.dirpath = dirpath
         self.every_n_epochs = every_n_epochs
+        self._final_written = False  # the final export was written by this fit
 
     def epoch_dirpath(self, epoch: int) -> Path:
         """Where the export after (0-based) ``epoch`` goes: ``<dirpath>/epoch_<epoch:03d>``."""
@@ -224,7 +225,7 @@ class ExportHF(L.Callback):
         the checkpoint's weights."""
         from prefalign.core.checksums import verify_checksums
 
-        if getattr(self, "_final_written", True) or not trainer.fit_loop.done:
+        if self._final_written or not trainer.fit_loop.done:
             return
         final = Path(self.dirpath)
         try:
