@@ -13,8 +13,8 @@ finished) and writes no checkpoint. Here:
   checkpoint and ends bit for bit where an unbroken run ends. A second SIGINT stops at once
   (``KeyboardInterrupt``, no checkpoint).
 - Outside a fit (a program's other stages, e.g. ``prefalign-sso`` sampling),
-  :func:`prefalign.core.signals.raise_on_signals` makes both signals raise :class:`Interrupted` at once, so the program can record which stage was
-  interrupted before it exits.
+  :func:`prefalign.core.signals.raise_on_signals` makes both signals raise :class:`Interrupted` at
+  once, so the program can record which stage was interrupted before it exits.
 - SLURM's requeue signal (``SIGUSR1`` by default, ``#SBATCH --signal=SIGUSR1@90``) is left to
   Lightning's SLURM environment plugin: it writes its ``hpc_ckpt_<n>.ckpt`` and runs ``scontrol
   requeue``; the SIGTERM that SLURM sends next is handled as above, and the requeued job resumes
