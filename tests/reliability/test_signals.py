@@ -43,6 +43,18 @@ class WaitForSignal(L.Callback):
         deadline = time.monotonic() + 120
         while not trainer.received_sigterm and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+class WaitInValidation(WaitForSignal):
+    """The same at the start of the first validation batch after `step` optimiser steps (not in the
+    sanity check)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pass
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking and trainer.global_step >= self.step:
+            WaitForSignal.on_train_batch_start(self, trainer, pl_module, batch, batch_idx)
 '''
 
 # 24 samples in batches of 4: 6 optimiser steps an epoch, 2 epochs
@@ -144,6 +156,34 @@ def test_a_signal_writes_step_ckpt_exits_non_zero_and_resumes_bit_for_bit(
     for key, tensor in _weights(tmp_path / "unbroken" / "checkpoints" / "last.ckpt").items():
         torch.testing.assert_close(final["state_dict"][key], tensor, rtol=0, atol=0, msg=key)
     assert (tmp_path / "run" / "hf" / "config.json").exists()
+
+
+@pytest.mark.slow  # three short trainings in subprocesses
+def test_sigterm_during_validation_resumes_bit_for_bit(tmp_path, session_cache):
+    """SIGTERM in the first of two validation batches at the end of epoch 1: Lightning stops inside
+    validation, before the epoch-end checkpoints; step.ckpt holds the whole epoch and the resumed
+    run ends where the unbroken one does."""
+    val = "data.val.limit=8"  # two validation batches of 4
+    unbroken = _start(tmp_path, session_cache, "unbroken", val)
+    ready = tmp_path / "run.ready"
+    waiter = f"+callbacks.wait={{_target_: waiter.WaitInValidation, step: 6, ready: '{ready}'}}"
+    process = _start(tmp_path, session_cache, "run", waiter, val)
+    _wait_for(ready, process)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=300)
+    assert unbroken.wait(timeout=300) == 0, unbroken.stdout.read()
+    assert process.returncode == 143, out
+    checkpoints = tmp_path / "run" / "checkpoints"
+    step = torch.load(checkpoints / "step.ckpt", map_location="cpu", weights_only=False)
+    assert step["global_step"] == 6 and step["ChatDataModule"]["train_order"]["batches_consumed"] == 6
+
+    resumed = _start(tmp_path, session_cache, "run", val, "ckpt_path=auto")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    final = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 12
+    for key, tensor in _weights(tmp_path / "unbroken" / "checkpoints" / "last.ckpt").items():
+        torch.testing.assert_close(final["state_dict"][key], tensor, rtol=0, atol=0, msg=key)
 
 
 def test_sigterm_exits_143_with_a_step_checkpoint_and_slurm_requeue_still_works(tmp_path, session_cache):
