@@ -48,6 +48,14 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=rf"while writing {tmp_path / 'hf'}"), atomic_folder(tmp_path / "hf"):
         _disk_full()
 
+    import pyarrow.parquet as pq
+
+    from prefalign.scoring.cache import write_shard
+
+    monkeypatch.setattr(pq, "write_table", _disk_full)
+    with pytest.raises(OSError, match=rf"while writing {tmp_path / 'shards'}/shard-"):
+        write_shard(tmp_path / "shards", {"id": ["a"], "logp_sum": [-1.0], "num_tokens": [2]})
+
 
 def test_an_unreadable_checkpoint_is_named(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
