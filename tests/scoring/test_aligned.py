@@ -97,7 +97,9 @@ def test_ids_missing_from_the_cache_raise_or_are_counted(conversations, aligned,
         folder, _ = find_cached_scores(grown, cfg, 256, aligned["cache_dir"])
         folder.mkdir(parents=True, exist_ok=True)
         old.table.save_to_disk(str(folder / "table"))
-        (folder / "meta.json").write_text(json.dumps({"num_samples": len(conversations)}))
+        recorded = json.loads((old.path / "meta.json").read_text())  # the member's identity, as recorded
+        identity = {k: recorded[k] for k in ("model", "weights")}
+        (folder / "meta.json").write_text(json.dumps({"num_samples": len(conversations), **identity}))
     with pytest.raises(ScoreCacheError, match=r"id=new-1\): no score from aligned member"):
         attach_aligned_scores(grown, aligned, "val")
     ds, report = attach_aligned_scores(grown, {**aligned, "on_missing": "drop"}, "val")

@@ -68,7 +68,7 @@ def test_tiny_and_local_configs_instantiate(tmp_path):
     cfg = _compose([f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
     objective = instantiate(cfg.objective)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert objective.reduction == "token_mean" and len(callbacks) == 13
+    assert objective.reduction == "token_mean" and len(callbacks) == 15
 
 
 # GPU-scale experiments run here with tiny stand-ins for the hub models, data and ensemble.

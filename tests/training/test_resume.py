@@ -125,8 +125,11 @@ def test_auto_reads_the_step_of_sharded_checkpoint_folders(tmp_path):
     torch.save({"global_step": 8}, tmp_path / "last.ckpt" / "meta.pt")
     assert latest_checkpoint(tmp_path) == tmp_path / "last.ckpt"
     assert latest_checkpoint(tmp_path / "missing") is None
-    (tmp_path / "step.ckpt" / "meta.pt").unlink()
-    with pytest.raises(ValueError, match=r"step\.ckpt/meta\.pt cannot be read"):
+    (tmp_path / "step.ckpt" / "meta.pt").unlink()  # unreadable: skipped (set aside), last.ckpt taken
+    assert latest_checkpoint(tmp_path) == tmp_path / "last.ckpt"
+    assert (tmp_path / "step.ckpt.damaged").is_dir()
+    (tmp_path / "last.ckpt" / "meta.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"no intact checkpoint .*last\.ckpt/meta\.pt cannot be read"):
         latest_checkpoint(tmp_path)
 
 

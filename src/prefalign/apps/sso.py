@@ -33,9 +33,11 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sso")
 def job(cfg: DictConfig) -> None:
     """The pipeline, as one Hydra job (on every rank under torchrun / srun)."""
+    from prefalign.core.signals import raise_on_signals
     from prefalign.pipelines.sso import SSOPipeline  # torch and Lightning: not for --help / --cfg
 
-    with launched_process_group():
+    # SIGTERM / SIGINT: the stage under way is recorded and the run exits 143 / 130 (a rerun resumes it)
+    with launched_process_group(), raise_on_signals():
         SSOPipeline(cfg).run()
 
 

@@ -28,10 +28,12 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def job(cfg: DictConfig) -> float | None:
     """One Hydra job; returns ``cfg.optimized_metric`` for hyper-parameter sweepers."""
+    from prefalign.core.signals import raise_on_signals
     from prefalign.training.run import run_task, train  # torch and Lightning: not for --help / --cfg
 
     log_rank()
-    with parent_job():  # ranks Lightning starts for this job run this job (training.launch)
+    # SIGTERM / SIGINT: exit 143 / 130; during the fit after writing step.ckpt (training.signals)
+    with parent_job(), raise_on_signals():  # ranks Lightning starts for this job run this job
         metrics = run_task(train, cfg)
     metric_name = cfg.get("optimized_metric")
     return metrics.get(metric_name) if metric_name else None

@@ -65,7 +65,9 @@ def dumps_line(record: Any) -> str:
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; on success it is synced and renamed to
-    ``path``, on any error it is removed (``path`` is never left half-written)."""
+    ``path``, on any error it is removed (``path`` is never left half-written). An ``OSError`` that
+    names no file (a full disk: ``[Errno 28] No space left on device``) is raised again naming
+    ``path`` (:func:`naming_path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -76,9 +78,20 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise naming_path(err, path) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def naming_path(err: OSError, path: str | os.PathLike) -> OSError:
+    """``err`` itself when it names a file, else the same error (same errno and class, e.g.
+    ``OSError(ENOSPC)``) naming ``path``: ``[Errno 28] No space left on device while writing <path>``."""
+    if err.filename is not None or err.errno is None:
+        return err
+    return OSError(err.errno, f"{err.strerror or err} while writing {path}", str(path))
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
@@ -108,7 +121,10 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:  # a full disk inside a library's writer names no file
+            raise naming_path(err, path) from err
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))

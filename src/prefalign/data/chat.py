@@ -159,7 +159,14 @@ def encode_conversation(
         messages, (max_length + CLIP_MARGIN_TOKENS) * max_token_chars(tokenizer)
     )
     text, spans = assistant_spans(tokenizer, messages, sample_id)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # the cut to max_length below is ours: transformers' "... > model_max_length ... will result in
+    # indexing errors" warning is only meaningful when max_length itself exceeds the model's maximum
+    encoding = tokenizer(
+        text,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        verbose=max_length > tokenizer.model_max_length,
+    )
     input_ids = encoding["input_ids"]
     labels = [IGNORE_INDEX] * len(input_ids)
     span_index = 0

@@ -262,6 +262,15 @@ def load_json_records(path: str | Path) -> tuple[datasets.Dataset, DropReport]:
     return ds, report
 
 
+def _is_empty(path: Path) -> bool:
+    """Whether a file holds nothing but whitespace (read until the first other byte)."""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return False
+    return True
+
+
 def load_raw(
     source: str,
     split: str = "train",
@@ -295,6 +304,9 @@ def load_raw(
         # pyarrow's JSON reader lets some invalid bytes through, to fail later with a bare
         # UnicodeDecodeError naming no file; one chunked pass finds them first
         bad_bytes = first_non_utf8(path) if _FILE_FORMATS[path.suffix] == "json" else None
+        if _is_empty(path):
+            what = "holds only blank lines" if path.stat().st_size else "is empty (0 bytes)"
+            raise DataError(f"{path}: the file {what}: no records")
         if bad_bytes is not None:
             raise DataError(
                 f"{path}: not UTF-8 text: an invalid byte at byte offset {bad_bytes[0]} (line {bad_bytes[1]})"

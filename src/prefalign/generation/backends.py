@@ -15,8 +15,10 @@ Errors at start-up name the setting and the fix (:func:`check_generation_config`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from prefalign.core.checksums import verify_checksums
 from prefalign.core.errors import ConfigError
 from prefalign.generation.sampling import HFGenerator
 from prefalign.generation.vllm import VLLMGenerator, require_vllm
@@ -58,6 +60,8 @@ def build_generator(
         )
         return HFGenerator(loaded, tokenizer)
     path = resolve_model_path(model)
+    if Path(path).is_dir():  # vLLM reads the folder itself: a prefalign export is verified first
+        verify_checksums(path)
     tokenizer = load_tokenizer(
         path,
         revision=model.get("revision"),

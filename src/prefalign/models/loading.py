@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from prefalign.core.checksums import verify_checksums
 from prefalign.models.chat_templates import TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,9 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """Load a causal LM, or with ``head="reward"`` the same backbone with a scalar reward head.
 
+    A local folder holding ``checksums.sha256.json`` (prefalign's exports) is verified first
+    (:func:`prefalign.core.checksums.verify_checksums`: a damaged file is an error naming it).
+
     Args:
         dtype: ``float32`` | ``bfloat16`` | ``float16`` (weights' dtype; mixed precision is the
             trainer's business); ``auto`` resolves with :func:`resolve_dtype` for the CPU.
@@ -233,6 +237,8 @@ def load_causal_lm(
     }
     if gguf_file:  # its dequantised copy: a plain Hugging Face folder
         name_or_path = str(gguf_hf_copy(name_or_path, gguf_file, cache_dir))
+    elif Path(name_or_path).is_dir():  # a prefalign export: its files as written, or an error naming one
+        verify_checksums(name_or_path)
     if head not in HEADS:
         raise ValueError(f"model.head must be one of {HEADS}, got {head!r}")
     if head == "reward":

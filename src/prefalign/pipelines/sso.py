@@ -56,6 +56,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.core.errors import ConfigError, DataError, DropReport
 from prefalign.core.jsonl import read_jsonl, write_json, write_jsonl
+from prefalign.core.signals import Interrupted
 from prefalign.data.hf_datasets import export_preferences
 from prefalign.data.records import load_raw
 from prefalign.generation.principles import (
@@ -66,6 +67,7 @@ from prefalign.generation.principles import (
     principle_system_message,
 )
 from prefalign.generation.sampling import Generator, SamplingConfig, filter_prompts_by_length, labelled
+from prefalign.pipelines.interruptions import interruption_path, read_interruption, record_interruption
 
 log = logging.getLogger(__name__)
 STAGES = ("allocate", "sample", "train", "evaluate")
@@ -443,6 +445,7 @@ class SSOPipeline:
         self.train_configs = {i: self.train_config(i) for i in range(1, int(cfg.iterations) + 1)}
         self._loaded: tuple[str, Generator] | None = None
         self._prompt_drops = DropReport()
+        self._resume_fit = False  # the train stage continues an interrupted fit (see _run_stage)
         self.stages = STAGES  # the stages run per iteration (tests may run a prefix)
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -760,7 +763,12 @@ class SSOPipeline:
     def train(self, i: int) -> dict:
         """Train π_i from π_{i-1}; stop if the result has non-finite weights or metrics."""
         self._release_generator()  # free the sampling copy of the policy before training
-        metrics = self._fit(self.train_configs[i])
+        train_cfg = self.train_configs[i]
+        if self._resume_fit:  # interrupted by a signal (see _run_stage): continue from its step.ckpt
+            train_cfg = train_cfg.copy()
+            with open_dict(train_cfg):
+                train_cfg.ckpt_path = "auto"
+        metrics = self._fit(train_cfg)
         policy = self.iteration_dir(i) / "policy"
         problem = check_finite_policy(policy, metrics)
         if problem:
@@ -871,6 +879,7 @@ class SSOPipeline:
         for i in range(1, int(self.cfg.iterations) + 1):
             self.iteration_dir(i).mkdir(parents=True, exist_ok=True)
             for stage in self.stages:
+                earlier_redone = redo
                 redo = self._needs_redo(i, stage, splits[i - 1], redo)
                 if not redo and self.marker_path(i, stage).exists():
                     log.info("iteration %d: %s already done, skipping", i, stage)
@@ -882,10 +891,11 @@ class SSOPipeline:
                     self.marker_path(i, stage).unlink(missing_ok=True)
                     if stage == "evaluate":  # a new report: log it to W&B even if an earlier one was
                         (self.iteration_dir(i) / "wandb.done").unlink(missing_ok=True)
-                stats = self.allocate(i, splits[i - 1]) if stage == "allocate" else getattr(self, stage)(i)
+                stats = self._run_stage(i, stage, splits[i - 1], resumable=not earlier_redone)
                 barrier()  # the stage's files are written
                 if rank == 0:
                     self.mark_done(i, stage, stats, self.settings(i, stage, splits[i - 1]))
+                    interruption_path(self.iteration_dir(i), stage).unlink(missing_ok=True)
                 barrier()  # its marker too: every rank reads it next
             reports.append(self.stats(i, "evaluate"))
             log.info("iteration %d: %s", i, json.dumps(reports[-1], default=str))
@@ -894,6 +904,34 @@ class SSOPipeline:
         if world()[0] == 0:
             write_json(self.work_dir / "report.json", reports)
         return reports
+
+    def _run_stage(self, i: int, stage: str, prompts: list[dict], resumable: bool) -> dict:
+        """Run one stage; a stage stopped by SIGTERM / SIGINT is recorded
+        (:mod:`prefalign.pipelines.interruptions`) and the rerun resumes it: an interrupted fit
+        continues from its ``step.ckpt`` when no earlier stage was redone and its settings are
+        unchanged (``resumable`` says the former), any other stage runs again."""
+        folder, settings = self.iteration_dir(i), fingerprint(self.settings(i, stage, prompts))
+        before = read_interruption(folder, stage)
+        self._resume_fit = False
+        if before is not None:
+            self._resume_fit = stage == "train" and resumable and before.get("settings") == settings
+            how = (
+                "continuing its fit from the checkpoint" if self._resume_fit else "running it from its start"
+            )
+            log.warning(
+                "iteration %d: %s was interrupted by %s (%s); %s",
+                i,
+                stage,
+                before.get("signal"),
+                before.get("detail"),
+                how,
+            )
+        try:
+            return self.allocate(i, prompts) if stage == "allocate" else getattr(self, stage)(i)
+        except Interrupted as stop:
+            if world()[0] == 0:
+                record_interruption(folder, stage, stop, settings)
+            raise
 
     def _needs_redo(self, i: int, stage: str, prompts: list[dict], redo: bool) -> bool:
         """Whether a stage must run again: it has no marker, or an earlier stage was redone under

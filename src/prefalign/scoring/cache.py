@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefalign.core.errors import DataError
+from prefalign.core.jsonl import naming_path
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ def write_shard(folder: Path, columns: Mapping[str, list]) -> Path:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as err:  # pyarrow's full-disk error names no file
+        raise naming_path(err, target) from err
     finally:
         tmp.unlink(missing_ok=True)
     return target

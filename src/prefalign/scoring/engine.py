@@ -8,9 +8,12 @@ scores of PoFT and the reference log-probs of DPO / IPO / SSO alike.
 
 **Cache.** Results live under ``cache_dir/<key>`` where ``key`` fingerprints (the data's ids and
 conversations — order-independent, so a shuffled copy hits the same cache —, the model's name or
-tiny spec, revision, GGUF file and dtype, the tokenizer with its chat template, and
-``max_length``). A finished cache holds ``table/`` (``save_to_disk``) and ``meta.json`` (written
-last; it records the row count and a SHA-256 of the table). Reading a finished table checks it
+tiny spec, revision, GGUF file and dtype, the weights' content identity — a cheap fingerprint of a
+local folder, the resolved commit of a hub model: :mod:`prefalign.models.identity` —, the tokenizer
+with its chat template, and ``max_length``). A finished cache holds ``table/`` (``save_to_disk``)
+and ``meta.json`` (written last; it records the model and weights identity, the row count and a
+SHA-256 of the table); a finished cache whose recorded identity is not the member's is an error
+naming both (:func:`check_cache_identity`). Reading a finished table checks it
 (:mod:`prefalign.scoring.cache`): a corrupt or truncated table, non-finite values,
 ``num_tokens <= 0``, log-prob sums above 0, duplicate ids or a row count other than recorded are a
 :class:`ScoreCacheError` naming the file.
@@ -86,6 +89,7 @@ from torch.utils.data import DataLoader, Sampler
 from prefalign.core.errors import DropReport
 from prefalign.data.batching import pad_collate
 from prefalign.data.chat import tokenize_dataset, tokenizer_fingerprint
+from prefalign.models.identity import weights_identity
 from prefalign.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 from prefalign.scoring.cache import (
     CacheLock,
@@ -110,6 +114,7 @@ __all__ = [
     "data_fingerprint",
     "find_cached_scores",
     "load_score_table",
+    "check_cache_identity",
     "model_identity",
     "score_conversations",
 ]
@@ -137,12 +142,21 @@ def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     return identity
 
 
-def cache_key(data_fp: str, model_cfg: Mapping[str, Any], tokenizer: Any, max_length: int) -> str:
-    """Fingerprint of (data, model, tokenizer + chat template, max_length, engine version)."""
+def cache_key(
+    data_fp: str,
+    model_cfg: Mapping[str, Any],
+    tokenizer: Any,
+    max_length: int,
+    weights: Mapping[str, Any] | None = None,
+) -> str:
+    """Fingerprint of (data, model, the weights' identity, tokenizer + chat template, max_length,
+    engine version); ``weights``: :func:`prefalign.models.identity.weights_identity` of
+    ``model_cfg`` (computed when not given)."""
     payload = json.dumps(
         {
             "data": data_fp,
             "model": model_identity(model_cfg),
+            "weights": weights if weights is not None else weights_identity(model_cfg),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "max_length": max_length,
             "engine": ENGINE_VERSION,
@@ -384,11 +398,44 @@ def find_cached_scores(
     cache_dir: str | os.PathLike,
     tokenizer: Any | None = None,
 ) -> tuple[Path, bool]:
-    """The cache folder for scoring ``ds`` with ``model_cfg`` and whether a finished table is there."""
+    """The cache folder for scoring ``ds`` with ``model_cfg`` and whether a finished table is there.
+
+    The folder's name fingerprints the weights' content identity too
+    (:func:`prefalign.models.identity.weights_identity`), so weights replaced in place are scored
+    again. A finished table is checked to be this member's (:func:`check_cache_identity`).
+    """
     if tokenizer is None:
         tokenizer = _load_member_tokenizer(model_cfg)
-    folder = Path(cache_dir).expanduser() / cache_key(data_fingerprint(ds), model_cfg, tokenizer, max_length)
-    return folder, _finished(folder)
+    weights = weights_identity(model_cfg)
+    key = cache_key(data_fingerprint(ds), model_cfg, tokenizer, max_length, weights)
+    folder = Path(cache_dir).expanduser() / key
+    finished = _finished(folder)
+    if finished:
+        check_cache_identity(folder, model_cfg, weights)
+    return folder, finished
+
+
+def check_cache_identity(folder: Path, model_cfg: Mapping[str, Any], weights: Mapping[str, Any]) -> None:
+    """Raise :class:`ScoreCacheError` naming both when the model and weights a finished cache's
+    ``meta.json`` records are not ``model_cfg``'s (a cache folder copied in from another member,
+    or written before prefalign recorded the weights' identity)."""
+    from prefalign.models.identity import describe
+
+    meta_path = folder / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ScoreCacheError(
+            f"{meta_path}: unreadable score-cache metadata ({err}); delete {folder}"
+        ) from err
+    recorded_model, recorded_weights = meta.get("model"), meta.get("weights")
+    current = json.loads(json.dumps(model_identity(model_cfg), default=str))
+    if recorded_model != current or recorded_weights != json.loads(json.dumps(weights, default=str)):
+        raise ScoreCacheError(
+            f"{meta_path}: this score cache holds the scores of {recorded_model} with weights "
+            f"{describe(recorded_weights)}, but the member is {current} with weights {describe(weights)}; "
+            f"delete {folder} to score again"
+        )
 
 
 def _load_member_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
@@ -709,6 +756,7 @@ class _Job:
             "member": self.member,
             "source": self.source,
             "model": model_identity(self.model_cfg),
+            "weights": weights_identity(self.model_cfg),
             "chat_template": self.tokenizer.chat_template,
             "max_length": self.max_length,
             "num_samples": drops.total,

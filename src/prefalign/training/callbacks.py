@@ -165,13 +165,19 @@ class ExportHF(L.Callback):
         <epochs_dirpath>/epoch_<e>/  every_n_epochs > 0: the model after epoch e (same layout); e is
                                      0-based like the checkpoints, epoch_000 = checkpoints/epoch_000.ckpt
 
-    Every folder is written to a temporary folder beside it and renamed when complete, only from
-    finite weights
-    (:func:`prefalign.training.guards.check_finite_weights`), by global rank 0 (under DDP); sharded
+    Every folder is written to a temporary folder beside it, with ``checksums.sha256.json`` (size
+    and SHA-256 of every file, checked before the folder is loaded:
+    :func:`prefalign.core.checksums.verify_checksums`), and renamed when complete, only from finite
+    weights (:func:`prefalign.training.guards.check_finite_weights`), by global rank 0 (under DDP); sharded
     models (FSDP, FSDP2) are gathered into a full state dict on the CPU first, on every rank.
     ``generation_config.json`` stops generation at the chat template's end-of-turn token as well
     as at the model's EOS. The folder loads with ``model=hf model.name_or_path=<dirpath>``: the next
     stage of a pipeline (the next SSO iteration's policy and reference, PoFT -> DPO) starts from it.
+
+    A run killed while writing the final export leaves its finished ``last.ckpt`` and a temporary
+    ``.<name>.*.tmp`` folder: the rerun with ``ckpt_path=auto`` trains nothing more, removes the
+    temporary folders (those of per-epoch exports too) and writes the export from the checkpoint
+    (:meth:`on_fit_end`).
 
     Args:
         dirpath: the final export's folder (the run's ``hf/``).
@@ -190,6 +196,7 @@ class ExportHF(L.Callback):
         self.dirpath = dirpath
         self.every_n_epochs = every_n_epochs
         self.epochs_dirpath = epochs_dirpath if epochs_dirpath is not None else f"{dirpath}_epochs"
+        self._final_written = False  # the final export was written by this fit
 
     def epoch_dirpath(self, epoch: int) -> Path:
         """Where the export after (0-based) ``epoch`` goes: ``<epochs_dirpath>/epoch_<epoch:03d>``."""
@@ -202,12 +209,51 @@ class ExportHF(L.Callback):
             return
         self.export(trainer, pl_module, self.epoch_dirpath(trainer.current_epoch))
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._final_written = False
+        if not trainer.is_global_zero:
+            return
+        import shutil
+
+        final, epochs = Path(self.dirpath), Path(self.epochs_dirpath)
+        strays = [*final.parent.glob(f".{final.name}.*.tmp"), *epochs.glob(".epoch_*.tmp")]
+        for stray in sorted(strays):  # a killed export's temporary folders
+            log.warning("removing %s, left by an export that was stopped", stray)
+            shutil.rmtree(stray, ignore_errors=True)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.export(trainer, pl_module, Path(self.dirpath))
+        self._final_written = True
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A fit resumed from a finished checkpoint trains nothing and never reaches ``on_train_end``:
+        if the final export is missing or damaged (a run killed while exporting), write it now from
+        the checkpoint's weights."""
+        from prefalign.core.checksums import verify_checksums
+
+        if self._final_written or not trainer.fit_loop.done:
+            return
+        final = Path(self.dirpath)
+        try:
+            complete = verify_checksums(final)
+            problem = "it has no checksum record (written by an older prefalign, or never)"
+        except ValueError as err:  # CorruptArtefactError
+            complete, problem = False, str(err)
+        if complete:
+            return
+        log.warning(
+            "training had already finished (global step %d) but the export %s is %s: exporting now",
+            trainer.global_step,
+            final,
+            "missing" if not final.exists() else f"incomplete ({problem})",
+        )
+        self.export(trainer, pl_module, final)
+        self._final_written = True
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule, dirpath: Path) -> None:
         """Write the model to ``dirpath`` (called on every rank: the finiteness check and the
         gathering of shards are collective; rank 0 writes)."""
+        from prefalign.core.checksums import write_checksums
         from prefalign.training.checkpointing import atomic_folder, write_hf_export
         from prefalign.training.guards import check_finite_weights
 
@@ -224,6 +270,7 @@ class ExportHF(L.Callback):
         if trainer.is_global_zero:
             with atomic_folder(dirpath) as tmp:  # never half an export under the final name
                 write_hf_export(model, getattr(trainer.datamodule, "tokenizer", None), tmp, state_dict)
+                write_checksums(tmp)  # published with the files; checked before the folder is loaded
             log.info("exported the model to %s", dirpath)
         trainer.strategy.barrier()
 

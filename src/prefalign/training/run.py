@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.config import hydra_run_info, validate_train_config
@@ -31,6 +33,8 @@ from prefalign.objectives.base import Objective
 from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
 from prefalign.training.resume import latest_checkpoint
+from prefalign.training.signals import Interrupted, StopOnSignal
+from prefalign.training.verification import check_checkpoint_fits, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +185,19 @@ def check_data_keys(cfg: DictConfig) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> None:
-    """``ckpt_path=auto``: replaced by the newest checkpoint of this run's own folder
-    (:func:`prefalign.training.resume.latest_checkpoint`), or ``None`` when it has none yet."""
-    if cfg.get("ckpt_path") != "auto":
+    """``ckpt_path=auto``: replaced by the newest intact checkpoint of this run's own folder
+    (:func:`prefalign.training.resume.latest_checkpoint`), or ``None`` when it has none yet. A
+    checkpoint named explicitly is verified (:func:`prefalign.training.verification.verify_checkpoint`:
+    a damaged one is an error naming the file and the entry)."""
+    if cfg.get("ckpt_path") is None:
+        return
+    if cfg.ckpt_path != "auto":
+        if Path(cfg.ckpt_path).exists():  # a missing one: validate_train_config names the key
+            verify_checkpoint(cfg.ckpt_path)
         return
     dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
     checkpoint_dir = Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
-    found = latest_checkpoint(checkpoint_dir)
+    found = latest_checkpoint(checkpoint_dir)  # verified; a damaged one is skipped, saying so
     if found is None:
         log.info("ckpt_path=auto: no checkpoint in %s yet, starting from scratch", checkpoint_dir)
     with open_dict(cfg):
@@ -223,13 +233,20 @@ def build_module_and_data(cfg: DictConfig, objective: Any) -> tuple[L.LightningM
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from the config, attach frozen-model columns, fit, and return the final
-    callback metrics."""
+    callback metrics.
+
+    Raises:
+        Interrupted: the fit was stopped by SIGTERM / SIGINT (a ``SystemExit`` with status 143 /
+            130; :mod:`prefalign.training.signals`), after writing ``step.ckpt``.
+    """
     resolve_ckpt_path(cfg)
     validate_train_config(cfg)
     check_data_keys(cfg)
     L.seed_everything(cfg.seed, workers=True)
     objective = instantiate(cfg.objective)  # its own argument checks run before the model loads
     module, datamodule = build_module_and_data(cfg, objective)
+    if cfg.get("ckpt_path"):
+        check_checkpoint_fits(cfg.ckpt_path, module)  # another model shape: named, not torch's error
     loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer = instantiate(
@@ -239,7 +256,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config["_hydra"] = hydra_run_info()  # chosen groups, command-line overrides, sweep (not in cfg)
     for logger in loggers:
         logger.log_hyperparams(config)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SIGTERMException as stop:  # a SystemExit without a code: exit status 0 if left alone
+        stopper = next((c for c in callbacks if isinstance(c, StopOnSignal)), None)
+        error = stopper.interrupted(trainer) if stopper else Interrupted(signal.SIGTERM, "no checkpoint")
+        log.error("%s", error)
+        raise error from stop
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
