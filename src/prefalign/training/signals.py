@@ -104,11 +104,15 @@ class StopOnSignal(L.Callback):
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         if not isinstance(exception, SIGTERMException):
+            self._restore()  # a failed fit gets no teardown hook: give the signals back now
             return
         if self.signum is None:  # a SIGTERM that reached Lightning without us (another thread)
             self.signum = signal.SIGTERM
         path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)  # every rank: collective under DDP / FSDP
+        try:
+            trainer.save_checkpoint(path)  # every rank: collective under DDP / FSDP
+        finally:
+            self._restore()
         self.saved = path
         log.warning(
             "%s: wrote %s at global step %d", signal.Signals(self.signum).name, path, trainer.global_step
@@ -127,6 +131,10 @@ class StopOnSignal(L.Callback):
         return Interrupted(signum, detail)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        """The previous signal handlers back, and :func:`raise_on_signals` no longer deferring to us."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
