@@ -127,7 +127,7 @@ def parent_job() -> Iterator[None]:
 def _launcher_environment(values: dict[str, str]) -> Iterator[None]:
     """Set ``values`` in the environment; afterwards restore every variable Lightning's launcher
     sets and destroy the process group the fit created (the ranks of this fit are gone). A group
-    that existed before (``prefalign-sso`` under torchrun / srun: :func:`launched_process_group`)
+    that existed before (``prefalign-sso`` under torchrun / srun: :func:`prefalign.core.ranks.process_group`)
     is kept: the same ranks run the program's next stages."""
     import torch.distributed as dist
 
@@ -143,42 +143,6 @@ def _launcher_environment(values: dict[str, str]) -> Iterator[None]:
             else:
                 os.environ[key] = value
         if not existing and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def launched_process_group() -> Iterator[int]:
-    """Around a whole program started on every rank by torchrun or ``srun`` (``prefalign-sso``):
-    initialise the ``torch.distributed`` group from the launcher's variables (``RANK``,
-    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, or ``SLURM_PROCID`` / ``SLURM_NTASKS``; read by
-    :func:`prefalign.scoring.engine.launched_ranks`), with NCCL on this rank's GPU
-    (``LOCAL_RANK`` / ``SLURM_LOCALID``) when CUDA is available and gloo otherwise, and destroy it
-    afterwards. Yields the world size: 1 (nothing initialised) in a single process, in the ranks
-    Lightning's own launcher starts, and when a group already exists (then its size)."""
-    import torch
-    import torch.distributed as dist
-
-    from prefalign.scoring.engine import launched_ranks
-
-    if dist.is_available() and dist.is_initialized():
-        yield dist.get_world_size()
-        return
-    launched = launched_ranks() if dist.is_available() else None
-    if launched is None:
-        yield 1
-        return
-    rank, world_size, init_method = launched
-    backend = "gloo"
-    if torch.cuda.is_available():
-        backend = "nccl"
-        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
-        torch.cuda.set_device(local_rank)  # "cuda" (generation, scoring) is this rank's GPU
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
-    log.info("rank %d of %d: %s process group from the launcher (%s)", rank, world_size, backend, init_method)
-    try:
-        yield world_size
-    finally:
-        if dist.is_initialized():
             dist.destroy_process_group()
 
 
