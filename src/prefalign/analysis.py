@@ -38,7 +38,8 @@ import pandas as pd
 from prefalign.core.errors import DataError
 from prefalign.core.jsonl import read_jsonl
 from prefalign.data.filtering import top_fraction_count
-from prefalign.pipelines.sso import ARTEFACTS, STAGES
+from prefalign.pipelines.artefacts import ARTEFACTS
+from prefalign.pipelines.sso import STAGES
 from prefalign.scoring.aligned import AGGREGATIONS as _AGGREGATION_RULES
 
 __all__ = [

@@ -98,7 +98,7 @@ def test_command_line_names_the_file_and_line_of_a_bad_pair(tmp_path, run_app):
 def _sso_iteration(folder, rows):
     """An ``iter_<i>/`` folder as prefalign-sso's sample stage leaves it: the pairs and the marker."""
     from prefalign.core.jsonl import write_json, write_jsonl
-    from prefalign.pipelines.sso import file_record
+    from prefalign.pipelines.artefacts import file_record
 
     path = write_jsonl(folder / "preferences.jsonl", rows)
     record = {"preferences.jsonl": file_record(path)}

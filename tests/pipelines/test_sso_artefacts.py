@@ -150,6 +150,35 @@ def test_a_rerun_with_another_max_new_tokens_stops_naming_the_setting(tmp_path, 
     )
 
 
+def test_a_refusal_names_every_changed_setting_not_only_the_first(tmp_path, monkeypatch, finished):
+    err = _stops(
+        tmp_path, monkeypatch, "allocation.max_new_tokens=7", "max_prompt_tokens=99", "seed=5", match=""
+    )
+    message = str(err.value)
+    assert "setting `seed` was 0 when the stage ran, now 5" in message
+    assert "setting `max_prompt_tokens` was 1024 when the stage ran, now 99" in message
+    assert "setting `allocation.max_new_tokens` was 32 when the stage ran, now 7" in message
+
+
+@pytest.mark.parametrize("finished_stages", ["all", "partial"])
+def test_a_copied_run_folder_resumes_where_it_stopped(tmp_path, monkeypatch, finished, finished_stages):
+    """Markers hold paths relative to the run folder (issue 23, point 6): a copy resumes."""
+    import shutil
+
+    assert str(finished) not in "".join(p.read_text() for p in finished.rglob("*.done.json"))
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(finished, moved)
+    shutil.rmtree(finished)
+    if finished_stages == "partial":
+        for stage in ("train", "evaluate"):
+            (moved / "iter_2" / f"{stage}.done.json").unlink()
+    CALLS.clear()
+    reports = _pipeline(tmp_path, monkeypatch, f"work_dir={moved}").run()
+    assert ([] if finished_stages == "all" else ["fit"]) == CALLS
+    assert [r["iteration"] for r in reports] == [1, 2] and not finished.exists()
+    assert (moved / "iter_2" / "policy" / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("name", ["preferences.jsonl", "allocated.jsonl"])
 def test_a_file_cut_at_a_line_boundary_is_caught(tmp_path, monkeypatch, finished, name):
     path = finished / "iter_1" / name

@@ -33,7 +33,7 @@ def read_pairs(patterns: list[str]) -> list[dict]:
     recorded in its ``done`` marker must be there, whole and unchanged: a deleted, cut or edited
     ``preferences.jsonl`` is an error naming it (never one file fewer read silently).
     """
-    from prefalign.pipelines.sso import check_recorded_outputs  # not for --help / --cfg job
+    from prefalign.pipelines.artefacts import check_recorded_outputs  # not for --help / --cfg job
 
     files = sorted({f for pattern in patterns for f in glob.glob(pattern)})
     if not files:
