@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from prefalign.config import compose_config
 from prefalign.core.errors import DataError
 from prefalign.core.jsonl import read_jsonl
 from prefalign.data.filtering import top_fraction_count
@@ -73,24 +74,6 @@ class ArtefactError(FileNotFoundError):
 
 
 # -- configs --------------------------------------------------------------------------------------
-def compose_config(config_name: str = "score", overrides: Sequence[str] = ()) -> Any:
-    """Compose one of the project's Hydra configs (``score``, ``train``, ``sso``...) with overrides.
-
-    The same composition as the command line: ``compose_config("score", ["data.train.limit=48"])``
-    is the config of ``prefalign-score data.train.limit=48``. Works inside or outside a Hydra app.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from prefalign.config import config_dir, register_resolvers
-
-    register_resolvers()
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name=config_name, overrides=list(overrides))
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
-
-
 # -- aligned-LLM scores ---------------------------------------------------------------------------
 def _score_rows(folder: Path) -> pd.DataFrame:
     from prefalign.scoring.engine import load_score_table

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import save_file
 
-from prefalign.config import config_dir, register_resolvers
+from prefalign.config import compose_config
 from prefalign.core.errors import DataError
 from prefalign.core.jsonl import read_jsonl, write_jsonl
 from prefalign.generation.sampling import Generation
@@ -76,31 +75,23 @@ def _prompts(path: Path, n: int = 16, extra: list[dict] | None = None) -> Path:
 
 
 def _pipeline(tmp_path, monkeypatch, *overrides, fit=None) -> SSOPipeline:
-    register_resolvers()
-    GlobalHydra.instance().clear()
     prompts = tmp_path / "prompts.jsonl"
     if not prompts.exists():
         _prompts(prompts)
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(
-                config_name="sso",
-                overrides=[
-                    "iterations=2",
-                    f"prompts.path={prompts}",
-                    "prompts.limit=16",
-                    "sampling.max_new_tokens=12",
-                    f"work_dir={tmp_path / 'work'}",
-                    f"generator._target_={__name__}.FakeGenerator",
-                    "~generator.generation",  # a factory of its own takes only `model=`
-                    "wandb=null",
-                    f"paths.root_dir={tmp_path}",
-                    *overrides,
-                ],
-            )
-            pipeline = SSOPipeline(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    GlobalHydra.instance().clear()
+    overrides = [
+        "iterations=2",
+        f"prompts.path={prompts}",
+        "prompts.limit=16",
+        "sampling.max_new_tokens=12",
+        f"work_dir={tmp_path / 'work'}",
+        f"generator._target_={__name__}.FakeGenerator",
+        "~generator.generation",  # a factory of its own takes only `model=`
+        "wandb=null",
+        f"paths.root_dir={tmp_path}",
+        *overrides,
+    ]
+    pipeline = SSOPipeline(compose_config("sso", overrides))
     monkeypatch.setattr(pipeline, "_fit", fit or fake_fit())
     return pipeline
 

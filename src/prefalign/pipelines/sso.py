@@ -209,21 +209,6 @@ def distribution_summary(values: list[float]) -> dict[str, float]:
     return summary
 
 
-def compose_train_config(overrides: list[str]) -> DictConfig:
-    """The ``train`` config with ``overrides``, composed through Hydra's global state when an app
-    has set it up (``prefalign-sso``), else from the package's config folder."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="train", overrides=overrides)
-    from prefalign.config import config_dir, register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
 class SSOPipeline:
     """The stages of one ``prefalign-sso`` run (see the module docstring).
 
@@ -386,7 +371,7 @@ class SSOPipeline:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        from prefalign.config import validate_train_config
+        from prefalign.config import compose_config, validate_train_config
 
         previous = self.policy_model_cfg(i - 1)
         overrides = [
@@ -401,7 +386,7 @@ class SSOPipeline:
         ]
         where = "config keys `train_objective` / `objective_overrides` / `train_overrides`"
         try:
-            train_cfg = compose_train_config(overrides)
+            train_cfg = compose_config("train", overrides)
             with open_dict(train_cfg):
                 train_cfg.model = OmegaConf.create(previous)
                 train_cfg.reference.model = OmegaConf.create(previous)  # π_{i-1}: frozen within the iteration
