@@ -4,7 +4,8 @@ The one home of the project's rank logic, used by the scoring engine, the SSO pi
 shared across ranks and the training launch:
 
 - :func:`launched_ranks`: (rank, world size, init method) of a torchrun / ``srun`` launch that has
-  no process group yet; :func:`lightning_child`: a rank started by Lightning's subprocess launcher.
+  no process group yet; :func:`lightning_child`: a rank started by Lightning's subprocess launcher;
+  :func:`launched_local_rank`: ``LOCAL_RANK`` as a launcher set it.
 - :func:`process_group`: around a collective piece of work, the ranks it runs on: an initialised
   group is joined (and left as it was), a torchrun / ``srun`` launch starts one (destroyed
   afterwards: only what it started is torn down), otherwise one process.
@@ -21,7 +22,7 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,15 @@ def launched_ranks() -> tuple[int, int, str] | None:
     return None
 
 
+def launched_local_rank(environ: Mapping[str, str] | None = None) -> int:
+    """``LOCAL_RANK`` as a launcher (Lightning's, torchrun) set it; 0 when unset or empty."""
+    value = (os.environ if environ is None else environ).get("LOCAL_RANK", "")
+    return int(value) if value.strip() else 0
+
+
 def lightning_child() -> bool:
     """A rank started by Lightning's subprocess launcher (or a non-zero node of a manual launch)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    return launched_local_rank() > 0 or int(os.environ.get("NODE_RANK", "0") or 0) > 0
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from prefalign.core.errors import ConfigError
+from prefalign.core.ranks import launched_local_rank
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ def child_rank_argv(argv: Sequence[str], environ: dict[str, str] | None = None) 
     ``hydra.run.dir`` = the parent job's folder: a single run (no ``-m``) of that one job.
     """
     env = os.environ if environ is None else environ
-    local_rank = env.get("LOCAL_RANK", "0")
-    if local_rank in ("", "0") or PARENT_JOB_ENV not in env:
+    local_rank = launched_local_rank(env)
+    if local_rank == 0 or PARENT_JOB_ENV not in env:
         return None
     job = json.loads(env[PARENT_JOB_ENV])
     return [
@@ -95,7 +96,7 @@ def child_rank_argv(argv: Sequence[str], environ: dict[str, str] | None = None) 
 
 def is_child_rank() -> bool:
     """Whether this process is a child rank started for a parent's job (see :func:`child_rank_argv`)."""
-    return os.environ.get("LOCAL_RANK", "0") not in ("", "0") and PARENT_JOB_ENV in os.environ
+    return launched_local_rank() > 0 and PARENT_JOB_ENV in os.environ
 
 
 @contextlib.contextmanager
@@ -201,7 +202,7 @@ def child_train_config(environ: dict[str, str] | None = None) -> str | None:
     """In a rank Lightning started for a :func:`train_in_child_ranks` fit, the saved config's
     path; ``None`` in any other process."""
     env = os.environ if environ is None else environ
-    if env.get("LOCAL_RANK", "0") in ("", "0"):
+    if launched_local_rank(env) == 0:
         return None
     return env.get(CHILD_TRAIN_ENV)
 
