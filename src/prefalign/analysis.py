@@ -536,7 +536,7 @@ def load_sso_reports(work_dir: str | Path, require_evaluated: bool = True) -> pd
     ``signal_inverted`` / ``signal_unsure`` with a judge); the other stages' numbers prefixed
     by their stage (``allocate/fallback_rate``, ``allocate/features/<name>``,
     ``sample/new_tokens_per_second``, ``sample/dropped/<reason>``...); ``reference`` (the
-    iteration's reference model); and ``stages_done``.
+    iteration's reference model, relative to the run folder when inside it); and ``stages_done``.
 
     Args:
         work_dir: the run's ``work_dir`` (``logs/sso/<run_name>``).
