@@ -10,6 +10,7 @@ shared across ranks and the training launch:
   group is joined (and left as it was), a torchrun / ``srun`` launch starts one (destroyed
   afterwards: only what it started is torn down), otherwise one process.
 - :class:`Ranks` / :class:`GroupRanks`: broadcast and gather Python objects among them.
+- :func:`is_rank_zero`: whether this process is global rank 0, without importing torch;
 - :func:`world`, :func:`shard_map`, :func:`barrier`: the default group's rank and size, a list of
   work shared across its ranks, and waiting for all of them (no-ops in one process).
 
@@ -22,6 +23,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -186,6 +188,17 @@ def process_group(backend: str = "gloo", timeout_s: float | None = None) -> Iter
         yield ranks
     finally:
         ranks.close()
+
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # any non-zero one: not rank 0
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 (or the only process)."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for the question
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
 
 
 def world() -> tuple[int, int]:
