@@ -170,6 +170,17 @@ def test_a_copied_run_folder_resumes_where_it_stopped(tmp_path, monkeypatch, fin
     assert (moved / "iter_2" / "policy" / "model.safetensors").is_file()
 
 
+def test_markers_of_an_older_version_with_absolute_paths_still_match(tmp_path, monkeypatch, finished):
+    """Markers written before paths were made relative record them absolute: same settings."""
+    for marker in finished.rglob("*.done.json"):
+        text = marker.read_text().replace('"iter_', f'"{finished}/iter_')
+        marker.write_text(text)
+    assert str(finished) in (finished / "iter_2" / "train.done.json").read_text()
+    CALLS.clear()
+    _pipeline(tmp_path, monkeypatch).run()
+    assert CALLS == []
+
+
 @pytest.mark.parametrize("name", ["preferences.jsonl", "allocated.jsonl"])
 def test_a_file_cut_at_a_line_boundary_is_caught(tmp_path, monkeypatch, finished, name):
     path = finished / "iter_1" / name

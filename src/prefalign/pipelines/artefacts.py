@@ -160,17 +160,24 @@ def write_marker(
 
 
 def verify_marker(
-    path: Path, folder: Path, marker: Mapping[str, Any], settings: Mapping[str, Any]
+    path: Path,
+    folder: Path,
+    marker: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    run_dir: str | Path | None = None,
 ) -> str | None:
     """``None`` when a finished stage's files (relative to ``folder``) and settings are as its
-    marker at ``path`` records, else what differs: the first changed file, or every changed setting."""
+    marker at ``path`` records, else what differs: the first changed file, or every changed setting.
+    With ``run_dir``, recorded absolute paths inside it (markers of older versions) compare as the
+    :func:`portable` settings do."""
     recorded = marker.get(ARTEFACTS)
     if not isinstance(recorded, Mapping) or not {"settings", "files"} <= set(recorded):
         return f"{path} records no settings and files (written by an older prefalign?)"
     problem = check_files(folder, recorded["files"])
     if problem:
         return problem
-    found = differences(recorded["settings"], settings)
+    before = recorded["settings"] if run_dir is None else portable(recorded["settings"], run_dir)
+    found = differences(before, settings)
     if not found:
         return None
     named = "; ".join(

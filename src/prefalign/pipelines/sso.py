@@ -275,7 +275,9 @@ class SSOPipeline:
         self, i: int, stage: str, marker: Mapping[str, Any], settings: Mapping[str, Any]
     ) -> str | None:
         """``None`` when a finished stage's files and settings are as its marker records, else what differs."""
-        return verify_marker(self.marker_path(i, stage), self.iteration_dir(i), marker, settings)
+        return verify_marker(
+            self.marker_path(i, stage), self.iteration_dir(i), marker, settings, self.work_dir
+        )
 
     def settings(self, i: int, stage: str, prompts: list[dict]) -> dict[str, Any]:
         """What shapes a stage's output: the config keys it reads and its inputs' fingerprints, with
