@@ -17,6 +17,7 @@ artefacts, and nothing in the library imports it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,18 +51,25 @@ def start(out: Path, fresh: bool = False, one_thread: bool = False) -> Path:
 
 
 # -- running the apps ------------------------------------------------------------------------------
-def run_app(module: str, overrides: list[str], log_file: Path, watcher: StageWatcher | None = None) -> float:
-    """``python -m <module> <overrides>``, output to ``log_file``; its wall time. Fails loudly.
+def run_app(
+    module: str, overrides: list[str], log_file: Path | None, watcher: StageWatcher | None = None
+) -> float:
+    """``python -m <module> <overrides>``, output to ``log_file`` (``None``: this terminal); its wall
+    time. Fails loudly.
 
     While it runs, ``watcher`` (when given) is polled every ``POLL_S`` seconds and its line
     (runs done / total, epoch, current metric, time left) is logged whenever a run or an epoch
     ends, and at least every ``QUIET_S`` seconds."""
     command = [sys.executable, "-m", module, *overrides]
     log.info("running: %s %s", module, " ".join(overrides))
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with log_file.open("w") as f:
-        process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with contextlib.ExitStack() as stack:
+        output = None
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            output = stack.enter_context(log_file.open("w"))
+        stderr = subprocess.STDOUT if output is not None else None
+        process = subprocess.Popen(command, stdout=output, stderr=stderr, stdin=subprocess.DEVNULL)
         shown, shown_at = None, started
         while True:
             try:
@@ -74,6 +82,8 @@ def run_app(module: str, overrides: list[str], log_file: Path, watcher: StageWat
                     shown, shown_at = seen, time.perf_counter()
     seconds = time.perf_counter() - started
     if returncode != 0:
+        if log_file is None:
+            raise SystemExit(f"{module} failed (exit {returncode}); see its output above")
         tail = log_file.read_text(errors="replace")[-3000:]
         raise SystemExit(f"{module} failed (exit {returncode}); log: {log_file}\n{tail}")
     log.info("  done in %.0f s", seconds)
