@@ -85,6 +85,7 @@ class Size:
         policy_train / policy_epochs: the SSO study's principle-conditioned SFT.
         sso_prompts: prompts of the SSO prompt set (split into the three iterations).
         sso_variants / sso_seeds: the Table 5 rows run, and their pipeline seeds.
+        sso_iterations: SSO iterations per pipeline (None: the experiment's, 3).
     """
 
     world_train: int
@@ -102,6 +103,7 @@ class Size:
     sso_prompts: int
     sso_variants: tuple[str, ...]
     sso_seeds: tuple[int, ...]
+    sso_iterations: int | None = None
 
 
 SIZES = {
@@ -121,9 +123,10 @@ SIZES = {
         poft_clean=None,
         policy_train=120,
         policy_epochs=1,
-        sso_prompts=12,
+        sso_prompts=4,
         sso_variants=("sso",),
         sso_seeds=(0,),
+        sso_iterations=1,
     ),
     # The slow suite's size (tests/experiments/test_cpu_studies.py, marked slow): a few minutes,
     # with the outcomes the full studies establish.
@@ -264,6 +267,9 @@ def run_sso(out: Path, size: Size) -> dict:
         f"seed={joined(size.sso_seeds)}",
     ]
     iterations, epochs = sso_shape()
+    if size.sso_iterations is not None:
+        iterations = size.sso_iterations
+        overrides.append(f"iterations={iterations}")
     runs = len(size.sso_variants) * len(size.sso_seeds) * iterations
     metrics_dir = out / "logs" / "cpu_world_sso"  # the pipelines' iteration folders
     return app_stage(
