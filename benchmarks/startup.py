@@ -36,6 +36,16 @@ COMMANDS = {"help": ["--help"], "cfg_job": ["--cfg", "job"]}
 HEAVY = ["torch", "lightning", "transformers", "datasets", "wandb", "lm_eval", "pandas"]
 
 
+def recorded_src(src: Path) -> str | None:
+    """How a results file names a source tree: its path relative to this repository (``src``), or
+    ``None`` for a tree outside it (an export of an older commit: the entry's label names it), so
+    that no absolute path of the measuring machine is committed."""
+    try:
+        return Path(src).resolve().relative_to(SRC.parent).as_posix()
+    except ValueError:
+        return None
+
+
 def _env(src: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(src), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
 
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--apps", nargs="+", default=APPS, choices=APPS)
     args = parser.parse_args(argv)
     entry = {
-        "src": str(args.src),
+        "src": recorded_src(args.src),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],

@@ -68,7 +68,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from startup import COMMANDS, time_command
+from startup import COMMANDS, recorded_src, time_command
 
 from prefalign.core.jsonl import write_json
 
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         "system) and peak RSS (MiB) of the process up to it",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "versions": {name: version(name) for name in (*SHARED, "lightning")} | {"trl": TRL_VERSION},
-        "src": {side: str(src) for side, (_, src) in sides.items()},
+        "src": {side: recorded_src(src) for side, (_, src) in sides.items()},
         "repeat": args.repeat,
         "threads": args.threads or "library default",
         "kinds": {

@@ -60,6 +60,23 @@ def tiny_model_and_tokenizer():
     return build_tiny_model(TinySpec())
 
 
+@pytest.fixture(scope="session")
+def compose_sso():
+    """``compose_sso(*overrides)``: the SSO pipeline of ``prefalign-sso <overrides>`` (the ``sso``
+    config composed as the command line would, every iteration's ``train`` config composed and
+    validated; nothing loaded), from a fresh Hydra state."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from prefalign.config import compose_config
+    from prefalign.pipelines.sso import SSOPipeline
+
+    def make(*overrides: str):
+        GlobalHydra.instance().clear()
+        return SSOPipeline(compose_config("sso", overrides))
+
+    return make
+
+
 @pytest.fixture(autouse=True)
 def _clean_process_group():
     """Never leak an initialised torch.distributed process group into the next test."""

@@ -1,7 +1,7 @@
 """The import graph of src/prefalign has no arrow from a lower layer to a higher one.
 
 Layers, lowest first (design.md): core < data < models < scoring, generation < objectives <
-modules < config (start-up validation) < training, pipelines, evaluation < apps < worlds, analysis.
+modules < config (start-up validation) < training, pipelines, evaluation < apps < worlds, analysis, studies.
 A module may import from its own layer or lower ones, at the top or inside a function.
 """
 
@@ -28,6 +28,7 @@ LAYER = {
     "apps": 8,
     "worlds": 9,
     "analysis": 9,
+    "studies": 9,
 }
 
 

@@ -33,22 +33,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("cpu_studies")
+from prefalign.studies import verifiable
+from prefalign.studies.runner import (
+    app_stage,
+    common_overrides,
+    fmt,
+    job_overrides,
+    joined,
+    pyplot,
+    stage,
+    start,
+    wandb_runs,
+)
+from prefalign.studies.verifiable import base_overrides, policy_results, pretrained_target_overrides
 
 HERE = Path(__file__).resolve().parent
 # The task families of the studies: tasks a 2-layer model learns in a few CPU minutes (see README).
-FAMILIES = ("reverse", "upper", "next_letter")
 OBJECTIVES = ("ce", "poft", "bi_poft")
 VARIANT_NAMES = {
     "sso": "SSO",
@@ -79,6 +85,7 @@ class Size:
         policy_train / policy_epochs: the SSO study's principle-conditioned SFT.
         sso_prompts: prompts of the SSO prompt set (split into the three iterations).
         sso_variants / sso_seeds: the Table 5 rows run, and their pipeline seeds.
+        sso_iterations: SSO iterations per pipeline (None: the experiment's, 3).
     """
 
     world_train: int
@@ -96,10 +103,33 @@ class Size:
     sso_prompts: int
     sso_variants: tuple[str, ...]
     sso_seeds: tuple[int, ...]
+    sso_iterations: int | None = None
 
 
 SIZES = {
-    # The default test suite's size (tests/experiments/test_cpu_studies.py): a few minutes.
+    # The default test suite's size (tests/experiments/test_cpu_studies.py): every stage, app and
+    # reader of the studies at the smallest shape that still runs them all (under a minute); what
+    # the studies find is checked at "ci".
+    "smoke": Size(
+        world_train=120,
+        test=12,
+        noise=(60,),
+        seeds=(1,),
+        epochs=2,
+        aligned_epochs=1,
+        objectives=("ce", "poft"),
+        batch=16,
+        base_epochs=0,
+        poft_clean=None,
+        policy_train=120,
+        policy_epochs=1,
+        sso_prompts=4,
+        sso_variants=("sso",),
+        sso_seeds=(0,),
+        sso_iterations=1,
+    ),
+    # The slow suite's size (tests/experiments/test_cpu_studies.py, marked slow): a few minutes,
+    # with the outcomes the full studies establish.
     "ci": Size(
         world_train=2000,
         test=100,
@@ -170,272 +200,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# -- running the apps ------------------------------------------------------------------------------
-def run_app(module: str, overrides: list[str], log_file: Path, watcher: StageWatcher | None = None) -> float:
-    """``python -m <module> <overrides>``, output to ``log_file``; its wall time. Fails loudly.
-
-    While it runs, ``watcher`` (when given) is polled every ``POLL_S`` seconds and its line
-    (runs done / total, epoch, current metric, time left) is logged whenever a run or an epoch
-    ends, and at least every ``QUIET_S`` seconds."""
-    command = [sys.executable, "-m", module, *overrides]
-    log.info("running: %s %s", module, " ".join(overrides))
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with log_file.open("w") as f:
-        process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        shown, shown_at = None, started
-        while True:
-            try:
-                returncode = process.wait(timeout=POLL_S if watcher else None)
-                break
-            except subprocess.TimeoutExpired:
-                seen = watcher.poll()[:2]  # a run or an epoch ended (the metric alone changes often)
-                if seen != shown or time.perf_counter() - shown_at >= QUIET_S:
-                    log.info("  %s", watcher.progress.line())
-                    shown, shown_at = seen, time.perf_counter()
-    seconds = time.perf_counter() - started
-    if returncode != 0:
-        tail = log_file.read_text(errors="replace")[-3000:]
-        raise SystemExit(f"{module} failed (exit {returncode}); log: {log_file}\n{tail}")
-    log.info("  done in %.0f s", seconds)
-    return seconds
-
-
-# -- live progress of a stage ----------------------------------------------------------------------
-POLL_S = 5.0  # seconds between two looks at a running app's log and metrics files
-QUIET_S = 60.0  # the progress line is repeated at least this often, for the elapsed / remaining time
-# The metric shown for the current run: the first of these its metrics.csv has a value for.
-METRICS = ("val/exact_match", "train/loss")
-FIT_END = "`Trainer.fit` stopped"  # Lightning's line at the end of every training run
-
-
-def duration(seconds: float) -> str:
-    """``75`` -> ``"1m15s"``."""
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
-@dataclass
-class StageProgress:
-    """Where a stage of training runs stands: runs done out of ``total_runs``, the current run's
-    epoch (0-based, out of ``epochs_per_run`` when known) and metric, and the time left.
-
-    The time left extrapolates the time the work done took: finished runs plus the finished epochs
-    of the current run (``epoch / epochs_per_run``), timed when that count last grew, so it is the
-    completed runs' mean duration once runs have finished, and an estimate from epochs before that;
-    between two such moments it counts down.
-    """
-
-    name: str
-    total_runs: int
-    epochs_per_run: int | None = None
-    clock: Any = time.monotonic
-    runs_done: int = 0
-    epoch: int | None = None
-    metric: tuple[str, float] | None = None
-
-    def __post_init__(self) -> None:
-        self.started = self.changed_at = self.clock()
-
-    def update(
-        self, runs_done: int, epoch: int | None = None, metric: tuple[str, float] | None = None
-    ) -> None:
-        """Record what the watcher saw (``epoch`` / ``metric``: None between runs)."""
-        done = self.work_done()
-        self.runs_done, self.epoch, self.metric = min(runs_done, self.total_runs), epoch, metric
-        if self.work_done() > done:
-            self.changed_at = self.clock()
-
-    def work_done(self) -> float:
-        """Runs done, counting the current run's finished epochs as a fraction of a run."""
-        partial = 0.0
-        if self.epoch is not None and self.epochs_per_run and self.runs_done < self.total_runs:
-            partial = min(self.epoch / self.epochs_per_run, 1.0)
-        return self.runs_done + partial
-
-    def seconds_left(self) -> float | None:
-        """The estimated time left (None until some work is done)."""
-        done = self.work_done()
-        if done <= 0:
-            return None
-        per_run = (self.changed_at - self.started) / done
-        return max(per_run * (self.total_runs - done) - (self.clock() - self.changed_at), 0.0)
-
-    def line(self) -> str:
-        """E.g. ``poft: run 2/3, epoch 4/6, val/exact_match 0.470 | 1m40s elapsed, about 1m10s left``."""
-        parts = [f"{self.name}: {self.runs_done}/{self.total_runs} runs done"]
-        if self.epoch is not None:
-            parts.append(
-                f"epoch {self.epoch + 1}" + (f"/{self.epochs_per_run}" if self.epochs_per_run else "")
-            )
-        if self.metric is not None:
-            parts.append(f"{self.metric[0]} {self.metric[1]:.3f}")
-        left = self.seconds_left()
-        timing = f"{duration(self.clock() - self.started)} elapsed"
-        timing += f", about {duration(left)} left" if left is not None else ", time left unknown yet"
-        return ", ".join(parts) + " | " + timing
-
-
-def metrics_progress(
-    path: Path, metrics: tuple[str, ...] = METRICS
-) -> tuple[int | None, tuple[str, float] | None]:
-    """The last epoch and the last value of the first of ``metrics`` with a value in a Lightning CSV
-    metrics file that may still be being written (a missing file or a cut last line reads as less)."""
-    import csv
-
-    try:
-        rows = list(csv.DictReader(path.read_text(errors="replace").splitlines()))
-    except (OSError, csv.Error):
-        return None, None
-    epoch, found = None, {}
-    for row in rows:
-        epoch = _number(row.get("epoch"), epoch)
-        for name in metrics:
-            found[name] = _number(row.get(name), found.get(name))
-    found = {name: value for name, value in found.items() if value is not None}
-    metric = next(((name, found[name]) for name in metrics if name in found), None)
-    return (None if epoch is None else int(epoch)), metric
-
-
-def _number(text: str | None, default: float | None) -> float | None:
-    """``float(text)``, or ``default`` for an empty or cut-off value."""
-    try:
-        return float(text) if text else default
-    except ValueError:
-        return default
-
-
-class StageWatcher:
-    """Follows a running app: training runs finished (Lightning's ``FIT_END`` lines in its log) and
-    the epoch and metric of the newest ``metrics.csv`` under ``folders`` written since it started.
-
-    Args:
-        progress: the stage's :class:`StageProgress`, updated by :meth:`poll`.
-        log_file: the app's output.
-        folders: where the app's runs write ``metrics.csv`` (CSV logger).
-    """
-
-    def __init__(self, progress: StageProgress, log_file: Path, folders: list[Path]) -> None:
-        self.progress, self.log_file, self.folders = progress, log_file, folders
-        self.since = time.time() - 1.0  # metrics files of earlier attempts are not this stage's runs
-        self.offset, self.ends_plain, self.ends_logged = 0, 0, 0
-
-    def _count_fit_ends(self) -> int:
-        try:
-            with self.log_file.open("rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except OSError:
-            return max(self.ends_plain, self.ends_logged)
-        complete = chunk[: chunk.rfind(b"\n") + 1]  # a half-written line is read next time
-        self.offset += len(complete)
-        for line in complete.decode(errors="replace").splitlines():
-            if FIT_END in line:  # Hydra's log format "[time][name][INFO] - ..." and Lightning's plain one
-                if line.startswith("["):
-                    self.ends_logged += 1
-                else:
-                    self.ends_plain += 1
-        return max(self.ends_plain, self.ends_logged)
-
-    def poll(self) -> tuple:
-        """Update the progress from the log and metrics files; return what it saw (runs done, epoch,
-        metric), which changes when there is something new to show."""
-        runs_done = self._count_fit_ends()
-        files = [p for folder in self.folders if folder.is_dir() for p in folder.rglob("metrics.csv")]
-        files = [p for p in files if p.stat().st_mtime >= self.since]
-        epoch = metric = None
-        if len(files) > runs_done:  # a run is under way: the newest file is its
-            epoch, metric = metrics_progress(max(files, key=lambda p: p.stat().st_mtime))
-        self.progress.update(runs_done, epoch, metric)
-        return runs_done, epoch, metric
-
-
-def stage(out: Path, name: str, action) -> dict:
-    """Run ``action()`` unless ``<out>/stages/<name>.json`` exists; record its result and wall time."""
-    marker = out / "stages" / f"{name}.json"
-    if marker.exists():
-        log.info("stage %s: done before, skipped", name)
-        return json.loads(marker.read_text())
-    started = time.perf_counter()
-    result = action() or {}
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(result, indent=2))
-    return result
-
-
-def common_overrides(out: Path) -> list[str]:
-    """Every app writes under ``out``: data, runs, aligned models, caches (built tiny models, scores)."""
-    return [f"paths.root_dir={out}", f"paths.cache_dir={out / 'cache'}"]
-
-
-def joined(values) -> str:
-    return ",".join(str(v) for v in values)
-
-
 # -- stages ------------------------------------------------------------------------------------------
 def make_data(out: Path, size: Size) -> dict:
-    from prefalign.config import bundled
-    from prefalign.core.jsonl import read_jsonl, write_jsonl
-    from prefalign.worlds.verifiable import write_principled, write_world
-
-    world = write_world(
-        out / "data" / "verifiable_world", size.world_train, 100, size.test, 0, FAMILIES, multi_turn_rate=0.1
+    return verifiable.make_data(
+        out, size.world_train, size.test, size.policy_train, size.sso_prompts, size.poft_clean
     )
-    principled = write_principled(
-        out / "data" / "verifiable_principled",
-        bundled("principles_correctness.yaml"),
-        size.policy_train,
-        100,
-        size.test,
-        size.sso_prompts,
-        seed=10,
-        families=FAMILIES,
-    )
-    files = {**world, **principled}
-    if size.poft_clean is not None:
-        rows = read_jsonl(world["train"])
-        if size.poft_clean > len(rows):
-            raise SystemExit(
-                f"poft_clean={size.poft_clean} exceeds the world's {len(rows)} training conversations"
-            )
-        files["poft_train"] = write_jsonl(poft_train_path(out, size), rows[: size.poft_clean])
-    return {"files": {k: str(v) for k, v in files.items()}}
-
-
-def poft_train_path(out: Path, size: Size) -> Path:
-    """The PoFT study's clean training conversations (before noise is mixed in)."""
-    if size.poft_clean is None:
-        return out / "data" / "verifiable_world" / "train.jsonl"
-    return out / "data" / f"verifiable_world_{size.poft_clean}" / "train.jsonl"
 
 
 def poft_data_overrides(out: Path, size: Size, noise: int | str) -> list[str]:
     """The PoFT study's training data: its clean conversations (the world's training split unless
     ``size.poft_clean`` is set) and ``noise`` noise samples."""
-    subset = [f"data.train.path={poft_train_path(out, size)}"] if size.poft_clean is not None else []
+    subset = (
+        [f"data.train.path={verifiable.poft_train_path(out, size.poft_clean)}"]
+        if size.poft_clean is not None
+        else []
+    )
     return [*subset, f"data.noise.num_samples={noise}"]
-
-
-def app_stage(
-    out: Path,
-    name: str,
-    module: str,
-    overrides: list[str],
-    multirun: bool = True,
-    runs: int = 1,
-    epochs: int | None = None,
-    metrics_dir: Path | None = None,
-) -> dict:
-    """Run one app (a multirun with ``-m``) with its Hydra folder(s) in ``runs/<name>`` and its
-    output in ``logs/<name>.log``; every app writes under ``out``. Its progress is logged as it
-    goes (:class:`StageWatcher`): ``runs`` training runs of ``epochs`` epochs each, whose
-    ``metrics.csv`` files are under ``runs/<name>`` (or ``metrics_dir``)."""
-    folder = f"hydra.{'sweep' if multirun else 'run'}.dir={out / 'runs' / name}"
-    command = ["-m"] * multirun + [*overrides, *common_overrides(out), folder]
-    log_file = out / "logs" / f"{name}.log"
-    watcher = StageWatcher(StageProgress(name, runs, epochs), log_file, [metrics_dir or out / "runs" / name])
-    return {"app_seconds": run_app(module, command, log_file, watcher)}
 
 
 def train_aligned(out: Path, size: Size) -> dict:
@@ -446,18 +226,6 @@ def train_aligned(out: Path, size: Size) -> dict:
         f"data.batch_size={size.batch}",
     ]
     return app_stage(out, "aligned", "prefalign.apps.train", overrides, runs=2, epochs=size.aligned_epochs)
-
-
-def base_overrides(batch: int, epochs: int) -> list[str]:
-    """The pretrained target's run (the ``base`` stage, here and in experiments/poft_mechanisms):
-    the target's tiny model trained with CE on the clean world (its ChatML template and byte
-    tokenizer), exported to ``runs/base/hf``."""
-    return ["experiment=cpu_world_ce", f"data.batch_size={batch}", f"trainer.max_epochs={epochs}", "seed=0"]
-
-
-def pretrained_target_overrides(out: Path) -> list[str]:
-    """Start a training run from the pretrained target of the ``base`` stage instead of a fresh tiny model."""
-    return ["model=hf", f"model.name_or_path={out / 'runs' / 'base' / 'hf'}", "model.dtype=float32"]
 
 
 def train_base(out: Path, size: Size) -> dict:
@@ -482,13 +250,6 @@ def train_poft_grid(out: Path, size: Size) -> dict:
     return app_stage(out, "poft", "prefalign.apps.train", overrides, runs=runs, epochs=size.epochs)
 
 
-def train_policy(out: Path, size: Size) -> dict:
-    overrides = ["experiment=cpu_world_policy", f"trainer.max_epochs={size.policy_epochs}"]
-    return app_stage(
-        out, "policy", "prefalign.apps.train", overrides, multirun=False, epochs=size.policy_epochs
-    )
-
-
 def sso_shape() -> tuple[int, int]:
     """(iterations, epochs per iteration) of ``sso_experiment=cpu_world_sso``: one training run per iteration."""
     import yaml
@@ -506,6 +267,9 @@ def run_sso(out: Path, size: Size) -> dict:
         f"seed={joined(size.sso_seeds)}",
     ]
     iterations, epochs = sso_shape()
+    if size.sso_iterations is not None:
+        iterations = size.sso_iterations
+        overrides.append(f"iterations={iterations}")
     runs = len(size.sso_variants) * len(size.sso_seeds) * iterations
     metrics_dir = out / "logs" / "cpu_world_sso"  # the pipelines' iteration folders
     return app_stage(
@@ -514,23 +278,6 @@ def run_sso(out: Path, size: Size) -> dict:
 
 
 # -- reading results ---------------------------------------------------------------------------------
-def job_overrides(run_dir: Path) -> dict[str, str]:
-    """The command-line overrides of a Hydra job, as ``{key: value}``."""
-    import yaml
-
-    items = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
-    return dict(item.split("=", 1) for item in items)
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def fmt(values: list[float], scale: float = 100.0) -> str:
-    mean, sd = mean_sd(values)
-    return f"{scale * mean:.1f}" + (f" ± {scale * sd:.1f}" if len(values) > 1 else "")
-
-
 def poft_results(out: Path) -> dict:
     """Per (noise, objective, seed): exact match per epoch, Last / Avg / Std (PoFT paper Table 1)."""
     from prefalign.analysis import load_run_metrics
@@ -656,22 +403,6 @@ def sso_results(out: Path) -> dict:
     return {"rows": rows}
 
 
-def policy_results(out: Path) -> dict:
-    """The starting policy's exact match per condition at its last epoch."""
-    from prefalign.analysis import load_run_metrics
-
-    metrics = load_run_metrics(out / "runs" / "policy")
-    last = {}
-    for condition, prefix in (
-        ("no principle", "val"),
-        ("good principle", "val_good"),
-        ("bad principle", "val_bad"),
-    ):
-        values = metrics[f"{prefix}/exact_match"].dropna()
-        last[condition] = float(values.iloc[-1])
-    return last
-
-
 # -- tables and plots --------------------------------------------------------------------------------
 def poft_setting(size: Size) -> str:
     """One line saying where the PoFT study's targets start and what they train on."""
@@ -741,11 +472,7 @@ def sso_markdown(sso: dict, policy: dict) -> str:
 
 
 def plot_poft(out: Path, poft: dict, size: Size) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     from prefalign.analysis import aggregate_scores, compose_config, load_scores
 
     paths = []
@@ -821,11 +548,7 @@ def plot_poft(out: Path, poft: dict, size: Size) -> list[Path]:
 
 
 def plot_sso(out: Path, sso: dict) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = (
         ("exact_match", "held-out exact match (no principle)"),
         ("signal_accuracy", "signal accuracy of (y+, y−)"),
@@ -854,21 +577,11 @@ def plot_sso(out: Path, sso: dict) -> Path:
     return path
 
 
-def wandb_runs(out: Path) -> list[Path]:
-    return sorted(out.glob("**/wandb/offline-run-*"))
-
-
 # -- main ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     size = SIZES[args.size]
-    out = (args.out or HERE / "outputs" / args.size).resolve()
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")
+    out = start(args.out or HERE / "outputs" / args.size, fresh=args.fresh)
     started = time.perf_counter()
     timings = {"data": stage(out, "data", lambda: make_data(out, size))["seconds"]}
     results: dict[str, Any] = {"size": args.size, "settings": asdict(size), "out": str(out)}
@@ -890,7 +603,9 @@ def main(argv: list[str] | None = None) -> dict:
             + poft_markdown(poft)
         )
     if args.only in (None, "sso"):
-        timings["policy"] = stage(out, "policy", lambda: train_policy(out, size))["seconds"]
+        timings["policy"] = stage(out, "policy", lambda: verifiable.train_policy(out, size.policy_epochs))[
+            "seconds"
+        ]
         timings["sso"] = stage(out, "sso", lambda: run_sso(out, size))["seconds"]
         sso, policy = sso_results(out), policy_results(out)
         results["sso"] = sso | {"policy": policy}

@@ -34,34 +34,20 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.util
 import json
 import logging
-import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from prefalign.studies.runner import app_stage, fmt, job_overrides, joined, pyplot, stage, start
+from prefalign.studies.verifiable import FAMILIES, base_overrides, pretrained_target_overrides
+
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("poft_mechanisms")
 
-
-def _cpu_studies():
-    """experiments/cpu_studies/run.py as a module (its app runner, stage markers and readers)."""
-    name = "cpu_studies_run"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE.parent / "cpu_studies" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cs = _cpu_studies()
 
 FORMAT_PREFIX = "Answer: "  # every response of the verifiable world starts with it
 # Noise in another answer format (part 2b): "Answer: " removed, the value wrapped in "=> ... <=".
@@ -128,7 +114,7 @@ def make_world(out: Path, s: Settings) -> dict:
     """The world, as the CPU PoFT study's: 3,000 clean training conversations, 300 held-out."""
     from prefalign.worlds.verifiable import write_world
 
-    world = write_world(out / "data" / "verifiable_world", s.world_train, 100, s.test, 0, cs.FAMILIES, 0.1)
+    world = write_world(out / "data" / "verifiable_world", s.world_train, 100, s.test, 0, FAMILIES, 0.1)
     return {"files": {k: str(v) for k, v in world.items()}}
 
 
@@ -150,7 +136,7 @@ def make_subsets(out: Path, s: Settings) -> dict:
 
 def train(out: Path, name: str, overrides: list[str], multirun: bool = True) -> dict:
     """One ``prefalign-train`` (multi)run into ``runs/<name>``, skipped when it finished before."""
-    return cs.stage(out, name, lambda: cs.app_stage(out, name, "prefalign.apps.train", overrides, multirun))
+    return stage(out, name, lambda: app_stage(out, name, "prefalign.apps.train", overrides, multirun))
 
 
 def poft_overrides(out: Path, clean: int, noise: int, epochs: int) -> list[str]:
@@ -179,7 +165,7 @@ def run_aligned(out: Path, s: Settings) -> None:
 
 
 def mech_base(out: Path, s: Settings) -> list[str]:
-    seeds = f"seed={cs.joined(s.mech_seeds)}"
+    seeds = f"seed={joined(s.mech_seeds)}"
     return [*poft_overrides(out, s.mech_clean, s.noise, s.mech_epochs), seeds, CHECKPOINTS]
 
 
@@ -195,12 +181,12 @@ def run_format(out: Path, s: Settings) -> None:
 
 def warm_overrides(out: Path) -> list[str]:
     """Start the target from the pretrained base (``run_base``) instead of a fresh tiny model."""
-    return cs.pretrained_target_overrides(out)
+    return pretrained_target_overrides(out)
 
 
 def run_base(out: Path, s: Settings) -> None:
     """A pretrained target: CE on the world's clean conversations (its ChatML and byte tokenizer)."""
-    train(out, "base", cs.base_overrides(s.batch, s.base_epochs), multirun=False)
+    train(out, "base", base_overrides(s.batch, s.base_epochs), multirun=False)
 
 
 def run_warm(out: Path, s: Settings) -> None:
@@ -215,7 +201,7 @@ def run_horizon(out: Path, s: Settings) -> None:
         *warm_overrides(out),
         f"callbacks.exact_match.limit={s.horizon_eval}",
         "objective=ce,poft",
-        f"seed={cs.joined(s.horizon_seeds)}",
+        f"seed={joined(s.horizon_seeds)}",
     ]
     train(out, "horizon", overrides)
 
@@ -266,7 +252,7 @@ def run_config(out: Path, run_dir: Path):
     """The composed ``train`` config of a run (its command-line overrides, under ``out``)."""
     from prefalign.analysis import compose_config
 
-    keys = cs.job_overrides(run_dir)
+    keys = job_overrides(run_dir)
     dropped = ("objective", "seed", "callbacks.model_checkpoint")  # nothing the data or model depend on
     overrides = [f"{k}={v}" for k, v in keys.items() if k not in dropped]
     return compose_config("train", overrides), keys
@@ -409,7 +395,7 @@ def token_study(ctx: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     from prefalign.analysis import list_checkpoints
 
-    keys = cs.job_overrides(run_dir)
+    keys = job_overrides(run_dir)
     model = ctx["model"]
     checkpoints = list_checkpoints(run_dir)
     epochs = [(0, None), *zip(checkpoints["epoch"], checkpoints["path"], strict=True)]
@@ -475,7 +461,7 @@ def horizon_results(out: Path) -> list[dict[str, Any]]:
     for run_dir in run_dirs(out, "horizon"):
         if not (run_dir / "csv" / "metrics.csv").exists():
             continue
-        keys = cs.job_overrides(run_dir)
+        keys = job_overrides(run_dir)
         curve = exact_match_curve(run_dir)
         runs.append(
             {
@@ -526,8 +512,8 @@ def mech_markdown(mech: dict[str, Any], s: Settings) -> str:
             means, _ = mean_curve(runs, s.mech_epochs)
             curve = " ".join(f"{100 * m:.0f}" for m in means)
             lines.append(
-                f"| {name} | {objective} | {len(runs)} | {curve} | {cs.fmt([r['last'] for r in runs])} | "
-                f"{cs.fmt([r['avg'] for r in runs])} | {cs.fmt([r['std'] for r in runs])} |"
+                f"| {name} | {objective} | {len(runs)} | {curve} | {fmt([r['last'] for r in runs])} | "
+                f"{fmt([r['avg'] for r in runs])} | {fmt([r['std'] for r in runs])} |"
             )
     if "base_exact_match" in mech:
         lines += [
@@ -552,7 +538,7 @@ def mech_markdown(mech: dict[str, Any], s: Settings) -> str:
                     for idx in (0, 1, -1):
                         values = [r["per_epoch"][idx][subset]["logp_by_role"].get(role) for r in runs]
                         values = [v for v in values if v is not None]
-                        points.append(cs.fmt(values, 1.0).replace(" ± ", "±") if values else "–")
+                        points.append(fmt(values, 1.0).replace(" ± ", "±") if values else "–")
                     cells.append(" → ".join(points) if points[0] != "–" else "")
                 lines.append(f"| {name} | {objective} | {subset} | " + " | ".join(cells) + " |")
     lines += [
@@ -598,8 +584,8 @@ def horizon_markdown(runs: list[dict], s: Settings) -> str:
         means, _ = mean_curve(group_runs, s.horizon_epochs)
         best = max(range(len(means)), key=lambda e: means[e] if means[e] == means[e] else -1)
         lines.append(
-            f"| {objective} | {len(group_runs)} | {cs.fmt([r['last'] for r in group_runs])} | "
-            f"{cs.fmt([r['avg'] for r in group_runs])} | {cs.fmt([r['std'] for r in group_runs])} | "
+            f"| {objective} | {len(group_runs)} | {fmt([r['last'] for r in group_runs])} | "
+            f"{fmt([r['avg'] for r in group_runs])} | {fmt([r['std'] for r in group_runs])} | "
             f"{best + 1} | {100 * means[best]:.1f} |"
         )
     if "ce" in grouped and "poft" in grouped:
@@ -616,11 +602,7 @@ def horizon_markdown(runs: list[dict], s: Settings) -> str:
 
 
 def plot_mech(results_dir: Path, mech: dict[str, Any], s: Settings) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = []
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), sharey=True)
     for ax, (setting, name) in zip(axes, SETTING_NAMES.items(), strict=True):
@@ -692,11 +674,7 @@ def plot_mech(results_dir: Path, mech: dict[str, Any], s: Settings) -> list[Path
 
 
 def plot_horizon(results_dir: Path, runs: list[dict], s: Settings) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for objective, group_runs in sorted(group(runs).items()):
         means, sds = mean_curve(group_runs, s.horizon_epochs)
@@ -722,21 +700,16 @@ def plot_horizon(results_dir: Path, runs: list[dict], s: Settings) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     s = SETTINGS
-    out, results_dir = args.out.resolve(), args.results.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    results_dir.mkdir(parents=True, exist_ok=True)
     # one thread per process: on loaded shared cores the tiny models ran several times faster
     # without OpenMP threads competing (see README)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")
+    out, results_dir = start(args.out, one_thread=True), args.results.resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if not args.report_only:
-        cs.stage(out, "data", lambda: make_world(out, s))
-        cs.stage(out, "data_subsets", lambda: make_subsets(out, s))
+        stage(out, "data", lambda: make_world(out, s))
+        stage(out, "data_subsets", lambda: make_subsets(out, s))
         run_aligned(out, s)
         # in order of priority, so that what finishes first is what matters most
         for study, action in (

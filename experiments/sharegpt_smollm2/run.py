@@ -24,11 +24,11 @@ import json
 import logging
 import math
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from prefalign.studies import runner
 
 log = logging.getLogger("sharegpt_smollm2")
 
@@ -82,15 +82,9 @@ def app_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def run_app(module: str, overrides: list[str], run_dir: Path) -> float:
-    """Run ``python -m <module> <overrides>`` with its Hydra run folder at ``run_dir``; its wall time."""
-    command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
-    log.info("running: %s", " ".join(command[2:]))
-    started = time.perf_counter()
-    done = subprocess.run(command)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{module} failed with exit code {done.returncode} (see its output above)")
-    return seconds
+    """Run ``python -m <module> <overrides>`` with its Hydra run folder at ``run_dir``, its output on
+    this terminal; its wall time."""
+    return runner.run_app(module, [*overrides, f"hydra.run.dir={run_dir}"], log_file=None)
 
 
 def read_scores(score_overrides: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
@@ -151,10 +145,7 @@ def describe(values: list[float]) -> dict[str, float]:
 
 def plot_histogram(scores: list[float], stats: dict[str, float], path: Path, max_length: int) -> None:
     """A histogram of the scores with their mean and median marked, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = runner.pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     ax.hist(scores, bins=max(10, min(40, len(scores) // 8)), color="#4c72b0", edgecolor="white")

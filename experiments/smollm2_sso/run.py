@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prefalign.studies.runner import pyplot
+
 log = logging.getLogger("smollm2_sso")
 HERE = Path(__file__).resolve().parent
 RUN_NAME = "sharegpt"
@@ -311,10 +313,7 @@ def summarise(args: argparse.Namespace, prep: dict, timing: dict) -> dict[str, A
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = [
         ("train/loss", "loss"),

@@ -10,7 +10,7 @@ through the project's own apps, over a grid of cells, each with three pipeline s
   and ``objective.weight=w_prime``.
 
 Every pipeline runs five iterations over the full study's 450 prompts (90 per iteration). The data
-and the starting policy are the CPU studies' (``experiments/cpu_studies/run.py``'s stages, imported).
+and the starting policy are the CPU studies' at their full size (``prefalign.studies.verifiable``).
 Per iteration and cell the script reads back the pipeline's reports (signal accuracy under the rule
 judge, held-out exact match with no principle, e^ā(y+), e^ā(y−), lengths) and the iteration folders'
 per-sample W (``iter_<i>/train/per_sample_metrics.jsonl``) and per-step training metrics (G's
@@ -36,31 +36,20 @@ figure of its rows (``results.json: reproducibility``, and a section of ``result
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefalign.studies.runner import app_stage, fmt, pyplot, stage, start
+from prefalign.studies.verifiable import make_data, policy_results, train_policy
+
 log = logging.getLogger("sso_mechanisms")
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-
-
-def cpu_studies():
-    """``experiments/cpu_studies/run.py`` as a module (its data and policy stages, app runner)."""
-    name = "cpu_studies_run"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "cpu_studies" / "run.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 SEEDS = (0, 1, 2)
@@ -129,13 +118,17 @@ class Cell:
         ]
 
 
+# The data and starting policy of every cell: those of experiments/cpu_studies at its full size
+# (tests/experiments/test_sso_mechanisms.py checks they stay equal).
+DATA = {"world_train": 3000, "test": 300, "policy_train": 3000, "sso_prompts": 450}
+POLICY_EPOCHS = 16
+
+
 def prepare(out: Path) -> dict:
     """The CPU studies' data and starting policy at their full size (stages skipped when done)."""
-    studies = cpu_studies()
-    size = studies.SIZES["full"]
     return {
-        "data": studies.stage(out, "data", lambda: studies.make_data(out, size))["seconds"],
-        "policy": studies.stage(out, "policy", lambda: studies.train_policy(out, size))["seconds"],
+        "data": stage(out, "data", lambda: make_data(out, **DATA))["seconds"],
+        "policy": stage(out, "policy", lambda: train_policy(out, POLICY_EPOCHS))["seconds"],
     }
 
 
@@ -180,8 +173,7 @@ def run_cell(out: Path, cell: Cell) -> float | None:
     if finished(out, cell):
         log.info("cell %s: done before, skipped", cell.name)
         return None
-    studies = cpu_studies()
-    return studies.app_stage(out, f"cells/{cell.name}", "prefalign.apps.sso", cell.overrides())["app_seconds"]
+    return app_stage(out, f"cells/{cell.name}", "prefalign.apps.sso", cell.overrides())["app_seconds"]
 
 
 # -- reading the pipelines' outputs ----------------------------------------------------------------
@@ -319,15 +311,6 @@ def by_iteration(rows: list[dict]) -> dict[int, list[dict]]:
     return dict(sorted(grouped.items()))
 
 
-def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    values = [v for v in values if v == v]  # without NaN
-    if not values:
-        return ""
-    mean = statistics.fmean(values)
-    spread = f" ± {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
-    return f"{scale * mean:.{digits}f}{spread}"
-
-
 def cell_table(cells: list[dict]) -> str:
     lines = [
         "| cell | iteration | seeds | exact match, no principle | signal accuracy | inverted | "
@@ -462,11 +445,7 @@ def mechanism_table(cells: list[dict]) -> str:
 
 
 def plot(cells: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = (
         ("signal_accuracy", "signal accuracy of (y+, y−)", 100.0),
         ("exact_match", "held-out exact match, no principle", 100.0),
@@ -509,11 +488,7 @@ def plot(cells: list[dict], path: Path) -> Path:
 
 def plot_weights(cells: list[dict], path: Path) -> Path:
     """W's per-sample distribution (epoch 1, pooled over seeds) per iteration: median and 5–95 % band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     members = [
         c for c in cells if c["cell"]["variant"] in ("sso", "detach", "w_prime") and c["cell"]["gamma"] == 0.1
     ]
@@ -714,7 +689,7 @@ def rerun_check(out: Path, cell: Cell, committed: list[dict], start: bool) -> di
             log.info("rerun check of %s not run (deadline passed or --report-only)", cell.name)
             return None
         single = Cell(**(cell.__dict__ | {"seeds": (RERUN_SEED,)}))
-        cpu_studies().app_stage(out, f"cells/{name}", "prefalign.apps.sso", single.overrides(run_name=name))
+        app_stage(out, f"cells/{name}", "prefalign.apps.sso", single.overrides(run_name=name))
     rows = cell_rows(out, cell, folders={RERUN_SEED: folder})
     committed_rows = [r for r in entry["rows"] if r["seed"] == RERUN_SEED]
     return {"cell": cell.name, "seed": RERUN_SEED} | rerun_comparison(rows, committed_rows)
@@ -780,15 +755,12 @@ def reproducibility_markdown(check: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     # read before anything is written: the results folder is usually where it lives
     committed = json.loads(args.merge.read_text()) if args.merge else {}
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("WANDB_MODE", "offline")
     # one thread per process: on shared cores, torch's default thread pool spin-waits (measured 17x slower)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = start(args.out, one_thread=True)
+    os.environ.setdefault("WANDB_MODE", "offline")  # even with an API key: the cells' runs stay local
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     started = time.perf_counter()
     timings: dict[str, Any] = {}
@@ -841,7 +813,7 @@ def main(argv: list[str] | None = None) -> dict:
     cells = merge_cells(measured, old_cells)
     missing = [cell.name for cell in GRID if cell.name not in {c["name"] for c in cells}]
     has_policy = (out / "runs" / "policy").exists()
-    policy = cpu_studies().policy_results(out) if has_policy else committed["policy"]
+    policy = policy_results(out) if has_policy else committed["policy"]
     reproducibility = committed.get("reproducibility", {})
     if measured and old_cells:  # new cells beside committed ones: are their data and π_0 the same?
         reproducibility = {

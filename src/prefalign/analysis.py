@@ -35,10 +35,12 @@ from typing import Any
 
 import pandas as pd
 
+from prefalign.config import compose_config
 from prefalign.core.errors import DataError
 from prefalign.core.jsonl import read_jsonl
 from prefalign.data.filtering import top_fraction_count
-from prefalign.pipelines.sso import ARTEFACTS, STAGES
+from prefalign.pipelines.artefacts import ARTEFACTS
+from prefalign.pipelines.sso import STAGES
 from prefalign.scoring.aligned import AGGREGATIONS as _AGGREGATION_RULES
 
 __all__ = [
@@ -72,24 +74,6 @@ class ArtefactError(FileNotFoundError):
 
 
 # -- configs --------------------------------------------------------------------------------------
-def compose_config(config_name: str = "score", overrides: Sequence[str] = ()) -> Any:
-    """Compose one of the project's Hydra configs (``score``, ``train``, ``sso``...) with overrides.
-
-    The same composition as the command line: ``compose_config("score", ["data.train.limit=48"])``
-    is the config of ``prefalign-score data.train.limit=48``. Works inside or outside a Hydra app.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from prefalign.config import config_dir, register_resolvers
-
-    register_resolvers()
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name=config_name, overrides=list(overrides))
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
-
-
 # -- aligned-LLM scores ---------------------------------------------------------------------------
 def _score_rows(folder: Path) -> pd.DataFrame:
     from prefalign.scoring.engine import load_score_table
@@ -552,7 +536,7 @@ def load_sso_reports(work_dir: str | Path, require_evaluated: bool = True) -> pd
     ``signal_inverted`` / ``signal_unsure`` with a judge); the other stages' numbers prefixed
     by their stage (``allocate/fallback_rate``, ``allocate/features/<name>``,
     ``sample/new_tokens_per_second``, ``sample/dropped/<reason>``...); ``reference`` (the
-    iteration's reference model); and ``stages_done``.
+    iteration's reference model, relative to the run folder when inside it); and ``stages_done``.
 
     Args:
         work_dir: the run's ``work_dir`` (``logs/sso/<run_name>``).

@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -192,6 +193,28 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, resolver)
     if not OmegaConf.has_resolver("unique_run_name"):
         OmegaConf.register_new_resolver("unique_run_name", unique_run_name, use_cache=True)
+
+
+def compose_config(
+    config_name: str = "score", overrides: Sequence[str] = (), return_hydra_config: bool = False
+) -> DictConfig:
+    """Compose one of the project's Hydra configs (``score``, ``train``, ``sso``...) with overrides.
+
+    The same composition as the command line: ``compose_config("score", ["data.train.limit=48"])``
+    is the config of ``prefalign-score data.train.limit=48``. Inside a Hydra app (``prefalign-sso``
+    composing its iterations' ``train`` configs) it goes through the app's Hydra state, else
+    through the package's config folder. ``return_hydra_config`` keeps the ``hydra`` node (its
+    launcher and sweeper settings).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    kwargs = {"overrides": list(overrides), "return_hydra_config": return_hydra_config}
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, **kwargs)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=config_name, **kwargs)
 
 
 def _require(cfg: DictConfig, key: str) -> object:

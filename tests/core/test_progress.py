@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from prefalign.core.errors import ConfigError
-from prefalign.core.progress import ENV, RANK_VARIABLES, progress_bar, progress_enabled
+from prefalign.core.progress import ENV, progress_bar, progress_enabled
+from prefalign.core.ranks import RANK_VARIABLES
 
 
 class _Terminal(io.StringIO):

@@ -98,7 +98,7 @@ def test_command_line_names_the_file_and_line_of_a_bad_pair(tmp_path, run_app):
 def _sso_iteration(folder, rows):
     """An ``iter_<i>/`` folder as prefalign-sso's sample stage leaves it: the pairs and the marker."""
     from prefalign.core.jsonl import write_json, write_jsonl
-    from prefalign.pipelines.sso import file_record
+    from prefalign.pipelines.artefacts import file_record
 
     path = write_jsonl(folder / "preferences.jsonl", rows)
     record = {"preferences.jsonl": file_record(path)}
@@ -111,8 +111,8 @@ def _sso_iteration(folder, rows):
 def test_build_offline_refuses_a_run_whose_recorded_preferences_are_missing_or_cut(tmp_path):
     import pytest
 
-    from prefalign.apps.build_offline import read_pairs
     from prefalign.core.errors import DataError
+    from prefalign.pipelines.offline import read_pairs
 
     work = tmp_path / "sso"
     first = _sso_iteration(work / "iter_1", ROWS[:4])
@@ -134,7 +134,7 @@ def test_the_built_dataset_is_also_written_in_trl_conversational_format(tmp_path
     import datasets
     from omegaconf import OmegaConf
 
-    from prefalign.apps.build_offline import build
+    from prefalign.pipelines.offline import build
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({**r, "feature": f"f{k}"}) + "\n" for k, r in enumerate(ROWS)))

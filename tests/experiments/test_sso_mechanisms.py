@@ -105,3 +105,16 @@ def test_report_only_merge_rebuilds_the_committed_results_without_outputs(study,
     text = (tmp_path / "r" / "results.md").read_text()
     assert "Cells from the committed results" in text and "| PBAA, T 0.7 |" in text
     assert (tmp_path / "r" / "sso_mechanisms.png").stat().st_size > 0
+
+
+def test_the_cells_data_and_policy_are_the_cpu_studies_full_size(study):
+    """The committed cells compare with experiments/cpu_studies' full size: same data, same π_0."""
+    spec = importlib.util.spec_from_file_location(
+        "cpu_studies_run", RUN.parents[1] / "cpu_studies" / "run.py"
+    )
+    cpu_studies = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = cpu_studies  # dataclasses look their module up
+    spec.loader.exec_module(cpu_studies)
+    full = cpu_studies.SIZES["full"]
+    assert {k: getattr(full, k) for k in study.DATA} == study.DATA and full.poft_clean is None
+    assert full.policy_epochs == study.POLICY_EPOCHS

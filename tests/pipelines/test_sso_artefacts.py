@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import save_file
 
-from prefalign.config import config_dir, register_resolvers
+from prefalign.config import compose_config
 from prefalign.core.errors import DataError
 from prefalign.core.jsonl import read_jsonl, write_jsonl
 from prefalign.generation.sampling import Generation
@@ -76,31 +75,23 @@ def _prompts(path: Path, n: int = 16, extra: list[dict] | None = None) -> Path:
 
 
 def _pipeline(tmp_path, monkeypatch, *overrides, fit=None) -> SSOPipeline:
-    register_resolvers()
-    GlobalHydra.instance().clear()
     prompts = tmp_path / "prompts.jsonl"
     if not prompts.exists():
         _prompts(prompts)
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(
-                config_name="sso",
-                overrides=[
-                    "iterations=2",
-                    f"prompts.path={prompts}",
-                    "prompts.limit=16",
-                    "sampling.max_new_tokens=12",
-                    f"work_dir={tmp_path / 'work'}",
-                    f"generator._target_={__name__}.FakeGenerator",
-                    "~generator.generation",  # a factory of its own takes only `model=`
-                    "wandb=null",
-                    f"paths.root_dir={tmp_path}",
-                    *overrides,
-                ],
-            )
-            pipeline = SSOPipeline(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    GlobalHydra.instance().clear()
+    overrides = [
+        "iterations=2",
+        f"prompts.path={prompts}",
+        "prompts.limit=16",
+        "sampling.max_new_tokens=12",
+        f"work_dir={tmp_path / 'work'}",
+        f"generator._target_={__name__}.FakeGenerator",
+        "~generator.generation",  # a factory of its own takes only `model=`
+        "wandb=null",
+        f"paths.root_dir={tmp_path}",
+        *overrides,
+    ]
+    pipeline = SSOPipeline(compose_config("sso", overrides))
     monkeypatch.setattr(pipeline, "_fit", fit or fake_fit())
     return pipeline
 
@@ -148,6 +139,46 @@ def test_a_rerun_with_another_max_new_tokens_stops_naming_the_setting(tmp_path, 
         "sampling.max_new_tokens=16",
         match=r"iteration 1, stage sample: .*setting `sampling.max_new_tokens` was 12 .*now 16",
     )
+
+
+def test_a_refusal_names_every_changed_setting_not_only_the_first(tmp_path, monkeypatch, finished):
+    err = _stops(
+        tmp_path, monkeypatch, "allocation.max_new_tokens=7", "max_prompt_tokens=99", "seed=5", match=""
+    )
+    message = str(err.value)
+    assert "setting `seed` was 0 when the stage ran, now 5" in message
+    assert "setting `max_prompt_tokens` was 1024 when the stage ran, now 99" in message
+    assert "setting `allocation.max_new_tokens` was 32 when the stage ran, now 7" in message
+
+
+@pytest.mark.parametrize("finished_stages", ["all", "partial"])
+def test_a_copied_run_folder_resumes_where_it_stopped(tmp_path, monkeypatch, finished, finished_stages):
+    """Markers hold paths relative to the run folder (issue 23, point 6): a copy resumes."""
+    import shutil
+
+    assert str(finished) not in "".join(p.read_text() for p in finished.rglob("*.done.json"))
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(finished, moved)
+    shutil.rmtree(finished)
+    if finished_stages == "partial":
+        for stage in ("train", "evaluate"):
+            (moved / "iter_2" / f"{stage}.done.json").unlink()
+    CALLS.clear()
+    reports = _pipeline(tmp_path, monkeypatch, f"work_dir={moved}").run()
+    assert ([] if finished_stages == "all" else ["fit"]) == CALLS
+    assert [r["iteration"] for r in reports] == [1, 2] and not finished.exists()
+    assert (moved / "iter_2" / "policy" / "model.safetensors").is_file()
+
+
+def test_markers_of_an_older_version_with_absolute_paths_still_match(tmp_path, monkeypatch, finished):
+    """Markers written before paths were made relative record them absolute: same settings."""
+    for marker in finished.rglob("*.done.json"):
+        text = marker.read_text().replace('"iter_', f'"{finished}/iter_')
+        marker.write_text(text)
+    assert str(finished) in (finished / "iter_2" / "train.done.json").read_text()
+    CALLS.clear()
+    _pipeline(tmp_path, monkeypatch).run()
+    assert CALLS == []
 
 
 @pytest.mark.parametrize("name", ["preferences.jsonl", "allocated.jsonl"])

@@ -6,12 +6,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from prefalign.config import config_dir, register_resolvers
+from prefalign.config import compose_config, config_dir
 from prefalign.core.errors import ConfigError
 from prefalign.pipelines.sso import SSOPipeline
 
@@ -41,18 +40,15 @@ def _text(value) -> str:
 def _pipeline(overrides, tmp_path):
     """The SSO config with ``overrides`` and the pipeline built from it (which composes and
     validates every iteration's training config, loading no model)."""
-    register_resolvers()
     GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(
-                config_name="sso",
-                overrides=[*overrides, f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache"],
-                return_hydra_config=True,
-            )
-            return cfg, SSOPipeline(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    pipeline = SSOPipeline(
+        compose_config(
+            "sso",
+            [*overrides, f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache"],
+            return_hydra_config=True,  # the experiments' sweeps are checked
+        )
+    )
+    return pipeline.cfg, pipeline
 
 
 @pytest.mark.parametrize(

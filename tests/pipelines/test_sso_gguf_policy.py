@@ -9,12 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from prefalign.config import config_dir, register_resolvers
 from prefalign.models.loading import load_causal_lm
-from prefalign.pipelines.sso import SSOPipeline
 
 pytest.importorskip("gguf", reason="gguf is not installed: pip install -e '.[dev]' (or '.[demo]')")
 _spec = importlib.util.spec_from_file_location(
@@ -30,30 +26,19 @@ def _model_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFALIGN_CACHE", str(tmp_path / "prefalign-cache"))
 
 
-def test_later_policies_are_loaded_from_their_folder_not_the_starting_gguf(tmp_path):
+def test_later_policies_are_loaded_from_their_folder_not_the_starting_gguf(tmp_path, compose_sso):
     start = tmp_path / "start"
     start.mkdir()
     gguf_file = str(start / _fixture._tiny_llama_gguf(start))  # absolute, as ${package_file:...} gives
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(
-                config_name="sso",
-                overrides=[
-                    "model=hf",
-                    f"model.name_or_path={start}",
-                    f"model.gguf_file={gguf_file}",
-                    "model.dtype=float32",
-                    "iterations=2",
-                    f"paths.root_dir={tmp_path}",
-                    "wandb=null",
-                ],
-                return_hydra_config=True,
-            )
-            pipeline = SSOPipeline(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    pipeline = compose_sso(
+        "model=hf",
+        f"model.name_or_path={start}",
+        f"model.gguf_file={gguf_file}",
+        "model.dtype=float32",
+        "iterations=2",
+        f"paths.root_dir={tmp_path}",
+        "wandb=null",
+    )
     assert pipeline.policy_model_cfg(0)["gguf_file"] == gguf_file
     assert pipeline.policy_model_cfg(1)["gguf_file"] is None
     assert pipeline.train_configs[1].model.gguf_file == gguf_file  # π_0 trains from the GGUF

@@ -91,7 +91,7 @@ def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, 
         weights[0] <= report[0]["per_sample/weight/q05"] and report[0]["per_sample/weight/q95"] <= weights[-1]
     )
     second = json.loads((work / "iter_2" / "train.done.json").read_text())
-    assert second["reference"] == str(work / "iter_1" / "policy")  # pi_1 is iteration 2's reference
+    assert second["reference"] == "iter_1/policy"  # pi_1 is iteration 2's reference (relative to the run)
     assert (work / "iter_2" / "policy" / "model.safetensors").exists()
     allocation = json.loads((work / "iter_1" / "allocate.done.json").read_text())
     assert (

@@ -9,14 +9,9 @@ import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from prefalign.config import config_dir, register_resolvers
 from prefalign.core.jsonl import read_jsonl, write_jsonl
 from prefalign.generation.sampling import row_seed
 from prefalign.models.loading import resolve_model_path
-from prefalign.pipelines.sso import SSOPipeline
 
 EVENTS: list[tuple] = []
 
@@ -45,7 +40,7 @@ def _stand_in_vllm(monkeypatch) -> None:
 
 
 def test_each_iteration_serves_the_previous_policy_with_per_prompt_seeds(
-    tmp_path, monkeypatch, session_cache
+    tmp_path, monkeypatch, session_cache, compose_sso
 ):
     _stand_in_vllm(monkeypatch)
     EVENTS.clear()
@@ -56,28 +51,18 @@ def test_each_iteration_serves_the_previous_policy_with_per_prompt_seeds(
         tmp_path / "heldout.jsonl",
         [{"id": "h0", "messages": [{"role": "user", "content": "Add 39 and 3."}], "answer": "42"}],
     )
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(
-                config_name="sso",
-                overrides=[
-                    "iterations=2",
-                    f"prompts.path={prompts}",
-                    "sampling.max_new_tokens=16",
-                    "generation=vllm",
-                    "generation.tensor_parallel_size=2",
-                    "generation.max_model_len=8192",
-                    f"work_dir={tmp_path / 'work'}",
-                    f"paths.cache_dir={session_cache}",
-                    "wandb=null",
-                    f"heldout={{path: {heldout}, metric: prefalign.worlds.verifiable.exact_match_report}}",
-                ],
-            )
-            pipeline = SSOPipeline(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    pipeline = compose_sso(
+        "iterations=2",
+        f"prompts.path={prompts}",
+        "sampling.max_new_tokens=16",
+        "generation=vllm",
+        "generation.tensor_parallel_size=2",
+        "generation.max_model_len=8192",
+        f"work_dir={tmp_path / 'work'}",
+        f"paths.cache_dir={session_cache}",
+        "wandb=null",
+        f"heldout={{path: {heldout}, metric: prefalign.worlds.verifiable.exact_match_report}}",
+    )
 
     def fit(train_cfg):  # training stand-in: π_i is a copy of π_{i-1}'s Hugging Face folder
         EVENTS.append(("fit",))
@@ -90,6 +75,7 @@ def test_each_iteration_serves_the_previous_policy_with_per_prompt_seeds(
     pipeline.run()
 
     starts = [e for e in EVENTS if e[0] == "start"]
+    cfg = pipeline.cfg
     pi_0 = resolve_model_path(as_dict(cfg.model))
     work = tmp_path / "work"
     # iteration 1 samples from π_0; its evaluation serves π_0 (initial_heldout) then π_1, which

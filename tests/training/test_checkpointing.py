@@ -42,5 +42,3 @@ def test_atomic_folder_replaces_an_existing_folder_only_when_complete(tmp_path):
         (tmp / "b.txt").write_text("two")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
-
-

@@ -85,18 +85,18 @@ def test_a_fit_keeps_a_group_that_existed_before_it_and_ends_one_it_started(tmp_
 def test_without_a_launcher_no_group_is_started(monkeypatch):
     import torch.distributed as dist
 
-    from prefalign.training.launch import launched_process_group
+    from prefalign.core.ranks import process_group
 
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SLURM_PROCID"):
         monkeypatch.delenv(key, raising=False)
-    with launched_process_group() as world_size:
-        assert world_size == 1 and not dist.is_initialized()
+    with process_group("auto") as ranks:
+        assert ranks.world == 1 and not dist.is_initialized()
     monkeypatch.setenv("RANK", "0")  # torchrun --nproc_per_node 1: one rank, nothing to share
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("MASTER_ADDR", "localhost")
     monkeypatch.setenv("MASTER_PORT", "29999")
-    with launched_process_group() as world_size:
-        assert world_size == 1 and not dist.is_initialized()
+    with process_group("auto") as ranks:
+        assert ranks.world == 1 and not dist.is_initialized()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The world sits on top: nothing below the apps imports it, and it uses only public names below it."""
+"""The world sits on top: nothing below the apps imports it (the apps, analysis and the study runner
+may), and it uses only public names below it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import prefalign
 
 SRC = Path(prefalign.__file__).parent
-ABOVE_WORLDS = ("apps", "worlds", "analysis")  # may import prefalign.worlds
+ABOVE_WORLDS = ("apps", "worlds", "analysis", "studies")  # may import prefalign.worlds
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:

@@ -9,86 +9,19 @@ Examples::
 
 from __future__ import annotations
 
-import glob
-import logging
-import os
-from pathlib import Path
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from prefalign.config import config_dir, register_resolvers
-from prefalign.core.errors import ConfigError, DataError
-from prefalign.core.jsonl import iter_jsonl, write_json, write_jsonl
 
-log = logging.getLogger(__name__)
 register_resolvers()
-REQUIRED = ("id", "prompt", "chosen", "rejected")
-
-
-def read_pairs(patterns: list[str]) -> list[dict]:
-    """Every preference pair of the files matching ``patterns``, checked for the fields the builder reads.
-
-    In the folders of a ``prefalign-sso`` run (``iter_<i>/``), the files that a finished stage
-    recorded in its ``done`` marker must be there, whole and unchanged: a deleted, cut or edited
-    ``preferences.jsonl`` is an error naming it (never one file fewer read silently).
-    """
-    from prefalign.pipelines.sso import check_recorded_outputs  # not for --help / --cfg job
-
-    files = sorted({f for pattern in patterns for f in glob.glob(pattern)})
-    if not files:
-        raise ConfigError(f"config key `inputs`: no file matches {patterns}")
-    problems = []
-    for pattern in patterns:
-        folders, name = os.path.split(pattern)
-        for folder in sorted(glob.glob(folders or ".")):
-            problems += check_recorded_outputs(folder, name)
-    if problems:
-        raise DataError(
-            "config key `inputs`: the SSO run's recorded artefacts differ: "
-            + "; ".join(dict.fromkeys(problems))
-            + " (rerun prefalign-sso with the same run_name and resume.force=true to redo them)"
-        )
-    rows = []
-    for file in files:
-        for line_no, row in iter_jsonl(file):
-            missing = [k for k in REQUIRED if not isinstance(row.get(k), (str, list)) or not row.get(k)]
-            if missing:
-                raise DataError(f"{file}: line {line_no} (id={row.get('id')}): missing or empty {missing}")
-            rows.append(row)
-    log.info("read %d pairs from %d file(s)", len(rows), len(files))
-    return rows
-
-
-def build(cfg: DictConfig) -> dict:
-    """Build the dataset; returns the report (also written next to the output)."""
-    from prefalign.data.hf_datasets import export_preferences  # not for --help / --cfg job
-    from prefalign.data.offline_builder import build_offline_dataset
-
-    rows = read_pairs(list(cfg.inputs))
-    judges = [hydra.utils.instantiate(j) for j in cfg.judges]
-    kept, report = build_offline_dataset(
-        rows, judges, int(cfg.max_char_diff), bool(cfg.remove_unsure), int(cfg.seed)
-    )
-    output = Path(cfg.output)
-    write_jsonl(output, kept)
-    exports = export_preferences(output, kept)  # TRL's conversational format, beside the output
-    summary = {
-        "remaining": report.remaining,
-        "dropped": dict(report.drops.counts),
-        "judges": len(judges),
-        "inputs": OmegaConf.to_container(cfg.inputs, resolve=True),
-        "output": str(output),
-        "exports": {fmt: str(path) for fmt, path in exports.items()},
-    }
-    write_json(output.with_suffix(".report.json"), summary)
-    log.info("kept %d of %d pairs -> %s; %s", len(kept), len(rows), output, report.drops.summary("removed"))
-    return summary
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="build_offline")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+    """Hydra entry point of ``prefalign-build-offline``."""
+    from prefalign.pipelines.offline import build  # datasets: not for --help / --cfg job
+
     build(cfg)
 
 

@@ -33,8 +33,7 @@ register_resolvers()
 def score(cfg: DictConfig) -> list[dict]:
     """Score every requested split with every member the aggregation uses; return a summary row each (every rank)."""
     # imported here, not at the top: the app's --help / --cfg job never load torch or datasets
-    import torch.distributed as dist
-
+    from prefalign.core.ranks import world
     from prefalign.data.datamodule import DataSource, load_conversations
     from prefalign.data.hf_datasets import FORMATS
     from prefalign.data.records import ColumnMap
@@ -83,7 +82,7 @@ def score(cfg: DictConfig) -> list[dict]:
                     "path": str(table.path),
                 }
             )
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rank = world()[0]
     for row in rows if rank == 0 else []:
         log.info(
             "%(split)-6s %(member)-14s scored=%(scored)d dropped=%(dropped)d mean r=%(mean_score).4f "

@@ -11,7 +11,7 @@ has Lightning start ranks 1..N-1 by re-running this program: those ranks train t
 saved ``train`` config and exit (:mod:`prefalign.training.launch`), they never run the pipeline.
 
 Started on every rank by torchrun or ``srun``, every process runs the pipeline in one process group
-(NCCL on GPUs, gloo on CPU; :func:`prefalign.training.launch.launched_process_group`): generation
+(NCCL on GPUs, gloo on CPU; :func:`prefalign.core.ranks.process_group`): generation
 is shared across the ranks, rank 0 writes the files, and each iteration's fit uses the same ranks,
 so its ``train_overrides`` must ask for them::
 
@@ -25,7 +25,8 @@ import hydra
 from omegaconf import DictConfig
 
 from prefalign.config import config_dir, register_resolvers
-from prefalign.training.launch import child_train_config, launched_process_group
+from prefalign.core.ranks import process_group
+from prefalign.training.launch import child_train_config
 
 register_resolvers()
 
@@ -37,7 +38,7 @@ def job(cfg: DictConfig) -> None:
     from prefalign.pipelines.sso import SSOPipeline  # torch and Lightning: not for --help / --cfg
 
     # SIGTERM / SIGINT: the stage under way is recorded and the run exits 143 / 130 (a rerun resumes it)
-    with launched_process_group(), raise_on_signals():
+    with process_group("auto"), raise_on_signals():
         SSOPipeline(cfg).run()
 
 

@@ -27,18 +27,10 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from prefalign.core.errors import ConfigError
+from prefalign.core.ranks import is_rank_zero
 
 ENV = "PREFALIGN_PROGRESS"
 _ON, _OFF, _AUTO = ("1", "true", "on", "yes"), ("0", "false", "off", "no"), ("", "auto")
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
-
-
-def is_rank_zero() -> bool:
-    """Whether this process is global rank 0 (or the only process)."""
-    dist = sys.modules.get("torch.distributed")  # never imports torch for the question
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
 
 
 def progress_setting() -> bool | None:

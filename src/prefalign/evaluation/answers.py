@@ -15,6 +15,8 @@ Prompts are rendered with the model's own chat template (:class:`~prefalign.gene
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from prefalign.core.errors import DataError
-from prefalign.core.jsonl import iter_jsonl, read_jsonl
+from prefalign.core.jsonl import iter_jsonl, read_jsonl, write_json, write_jsonl
 from prefalign.evaluation.harness import EvalConfigError
 from prefalign.generation.sampling import Generation, Generator, SamplingConfig, labelled
+
+log = logging.getLogger(__name__)
+MODEL_ID = re.compile(r"^[A-Za-z0-9._-]+$")  # a model id names answer files
 
 # FastChat's sampling temperature per MT-Bench category (fastchat/llm_judge/common.py); 0 is greedy.
 MT_BENCH_TEMPERATURES = {
@@ -182,3 +187,104 @@ def generation_settings(
         "hit_max_new_tokens": sum(g.hit_max_new_tokens for g in generations),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def export_answers(cfg: Any) -> dict[str, list[Path]]:
+    """Generate and write the configured benchmarks' answers for the model or each epoch of the run.
+
+    Question files, the run directory and its checkpoints are checked before any model is loaded.
+    Returns the written answer files per benchmark.
+    """
+    from prefalign.evaluation.runs import load_checkpoint_weights, model_source
+    from prefalign.generation.backends import build_generator
+    from prefalign.generation.sampling import HFGenerator, SamplingConfig
+    from prefalign.models.loading import load_for_inference
+
+    base_id = cfg.get("model_id")
+    if base_id is not None and not MODEL_ID.match(str(base_id)):
+        raise EvalConfigError(
+            f"config key `model_id`: {base_id!r} may only hold letters, digits, '.', '_', '-'"
+        )
+    mt_cfg, alpaca_cfg = cfg.get("mt_bench"), cfg.get("alpaca_eval")
+    questions = load_mt_bench_questions(mt_cfg.question_file) if mt_cfg else None
+    prompts = load_alpaca_eval_prompts(alpaca_cfg.prompt_file) if alpaca_cfg else None
+    if questions is None and prompts is None:
+        raise EvalConfigError("config keys `mt_bench` / `alpaca_eval`: both are null, nothing to answer")
+    source = model_source(cfg)
+    base_id = str(base_id or source.name)
+    if not MODEL_ID.match(base_id):
+        raise EvalConfigError(f"the model name {base_id!r} cannot name an answer file; set model_id")
+    from omegaconf import OmegaConf
+
+    generation = OmegaConf.to_container(cfg.generation, resolve=True)
+    if generation.get("backend", "hf") == "hf":
+        model, tokenizer = load_for_inference(
+            source.model_config, str(generation.get("device", "auto")), setting="generation.device"
+        )
+        generator = HFGenerator(model, tokenizer)
+    elif source.checkpoints:
+        raise EvalConfigError(
+            "config keys `generation.backend` / `run_dir`: vllm serves a Hugging Face model folder, not "
+            "a run's epoch checkpoints; use generation=hf for a run, or export the epochs first"
+        )
+    else:
+        generator = build_generator(generation, source.model_config, seed=int(cfg.seed))
+    out = Path(cfg.paths.output_dir)
+    written: dict[str, list[Path]] = {"mt_bench": [], "alpaca_eval": []}
+    for checkpoint in source.checkpoints or [None]:
+        model_id, about = base_id, dict(source.description)
+        if checkpoint is not None:
+            load_checkpoint_weights(model, checkpoint.path)
+            model_id = f"{base_id}_epoch{checkpoint.epoch}"
+            about = {
+                "run_dir": about["run_dir"],
+                "epoch": checkpoint.epoch,
+                "checkpoint": str(checkpoint.path),
+            }
+        if questions is not None:
+            sampling = SamplingConfig(
+                temperature=float(mt_cfg.default_temperature),
+                top_p=float(mt_cfg.top_p),
+                max_new_tokens=int(mt_cfg.max_new_tokens),
+                batch_size=int(cfg.batch_size),
+                seed=int(cfg.seed),
+            )
+            temperatures = dict(mt_cfg.category_temperature or {})
+            records, generations = mt_bench_answers(generator, questions, model_id, sampling, temperatures)
+            path = out / "mt_bench" / "model_answer" / f"{model_id}.jsonl"
+            write_jsonl(path, records)
+            settings = generation_settings(
+                sampling,
+                generations,
+                benchmark="mt_bench",
+                model_id=model_id,
+                question_file=str(Path(mt_cfg.question_file).expanduser().resolve()),
+                category_temperature=temperatures,
+                **about,
+            )
+            write_json(path.with_suffix(".settings.json"), settings)
+            written["mt_bench"].append(path)
+            log.info("MT-Bench answers of %s: %s", model_id, path)
+        if prompts is not None:
+            sampling = SamplingConfig(
+                temperature=float(alpaca_cfg.temperature),
+                top_p=float(alpaca_cfg.top_p),
+                max_new_tokens=int(alpaca_cfg.max_new_tokens),
+                batch_size=int(cfg.batch_size),
+                seed=int(cfg.seed),
+            )
+            outputs, generations = alpaca_eval_outputs(generator, prompts, model_id, sampling)
+            path = out / "alpaca_eval" / f"{model_id}.json"
+            write_json(path, outputs)
+            settings = generation_settings(
+                sampling,
+                generations,
+                benchmark="alpaca_eval",
+                model_id=model_id,
+                prompt_file=str(Path(alpaca_cfg.prompt_file).expanduser().resolve()),
+                **about,
+            )
+            write_json(path.with_suffix(".settings.json"), settings)
+            written["alpaca_eval"].append(path)
+            log.info("AlpacaEval outputs of %s: %s", model_id, path)
+    return written

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from prefalign.core.checksums import verify_checksums
+from prefalign.core.ranks import local_rank
 from prefalign.models.chat_templates import TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -453,7 +454,7 @@ def resolve_device(device: str = "auto", setting: str = "device") -> torch.devic
             "a GPU machine with a CUDA build of torch"
         )
     count = torch.cuda.device_count()
-    index = int(text.partition(":")[2]) if ":" in text else int(os.environ.get("LOCAL_RANK", 0)) % count
+    index = int(text.partition(":")[2]) if ":" in text else local_rank() % count
     if index >= count:
         raise ValueError(f"{setting}={device} but only {count} CUDA device(s) are visible")
     return torch.device("cuda", index)

@@ -39,14 +39,12 @@ samples from it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import random
 import secrets
 import time
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,6 +54,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from prefalign.core.errors import ConfigError, DataError, DropReport
 from prefalign.core.jsonl import read_jsonl, write_json, write_jsonl
+from prefalign.core.ranks import barrier, world
 from prefalign.core.signals import Interrupted
 from prefalign.data.hf_datasets import export_preferences
 from prefalign.data.records import load_raw
@@ -66,18 +65,24 @@ from prefalign.generation.principles import (
     load_principles,
     principle_system_message,
 )
-from prefalign.generation.sampling import Generator, SamplingConfig, filter_prompts_by_length, labelled
+from prefalign.generation.sampling import Generator, SamplingConfig, filter_prompts_by_length
+from prefalign.generation.sharded import ShardedGenerator, ShardedJudge, generate
+from prefalign.pipelines.artefacts import (
+    ARTEFACTS,
+    ResumeError,
+    fingerprint,
+    portable,
+    read_marker,
+    shaping,
+    verify_marker,
+    write_marker,
+)
 from prefalign.pipelines.interruptions import interruption_path, read_interruption, record_interruption
 
 log = logging.getLogger(__name__)
 STAGES = ("allocate", "sample", "train", "evaluate")
 # The files each stage writes, relative to iter_<i>/ (the train stage: every file of policy/).
 STAGE_FILES = {"allocate": ("allocated.jsonl",), "sample": ("preferences.jsonl",), "evaluate": ()}
-ARTEFACTS = "artefacts"  # the marker key holding settings and file records (not a statistic)
-
-
-class ResumeError(RuntimeError):
-    """A finished stage's marker does not match its files or today's settings; says how to proceed."""
 
 
 class NonFinitePolicyError(RuntimeError):
@@ -131,93 +136,6 @@ def load_prompt_splits(
     random.Random(seed).shuffle(rows)
     size = len(rows) // iterations
     return [rows[k * size : (k + 1) * size] for k in range(iterations)]
-
-
-# -- artefact records -------------------------------------------------------------------------------
-# Config keys that do not shape a stage's output (where logs and caches go), left out of its settings.
-NOT_SHAPING = frozenset({"logger", "paths", "cache_dir", "hydra"})
-
-
-def shaping(value: Any) -> Any:
-    """``value`` without the :data:`NOT_SHAPING` keys, at any depth."""
-    if isinstance(value, Mapping):
-        return {k: shaping(v) for k, v in value.items() if k not in NOT_SHAPING}
-    if isinstance(value, list):
-        return [shaping(v) for v in value]
-    return value
-
-
-def fingerprint(value: Any) -> str:
-    """SHA-256 of a JSON-able value (keys sorted): equal settings, equal fingerprint."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_record(path: Path) -> dict[str, Any]:
-    """Size, SHA-256 and (for JSON lines) row count of a written file."""
-    digest, size, rows = hashlib.sha256(), 0, 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-            size += len(chunk)
-            rows += chunk.count(b"\n")
-    record: dict[str, Any] = {"bytes": size, "sha256": digest.hexdigest()}
-    if path.suffix == ".jsonl":
-        record["rows"] = rows  # the writer ends every record with "\n", and only records
-    return record
-
-
-def check_files(folder: Path, recorded: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """``None`` when every file in ``recorded`` (paths relative to ``folder``) is as recorded, else
-    what differs, naming the file."""
-    for name, want in recorded.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{path} is missing (its stage finished with {want.get('rows', want['bytes'])} " + (
-                "rows)" if "rows" in want else "bytes)"
-            )
-        have = file_record(path)
-        if have != dict(want):
-            if "rows" in want and have["rows"] != want["rows"]:
-                what = f"has {have['rows']} rows, the stage wrote {want['rows']}"
-            elif have["bytes"] != want["bytes"]:
-                what = f"has {have['bytes']} bytes, the stage wrote {want['bytes']}"
-            else:
-                what = "has the recorded size but different content (SHA-256)"
-            return f"{path} {what}: it was changed after its stage finished"
-    return None
-
-
-def check_recorded_outputs(folder: str | Path, pattern: str = "*") -> list[str]:
-    """Check the files matching ``pattern`` that the finished stages in ``folder`` (an ``iter_<i>/``
-    folder) recorded in their markers: one message per missing, cut or changed file, or garbled
-    marker (empty: all as recorded). For readers of a run's artefacts (``prefalign-build-offline``)."""
-    import fnmatch
-
-    problems = []
-    for marker in sorted(Path(folder).glob("*.done.json")):
-        try:
-            files = json.loads(marker.read_text(encoding="utf-8")).get(ARTEFACTS, {}).get("files", {})
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-            problems.append(f"{marker}: the stage marker is not a valid JSON object ({err})")
-            continue
-        wanted = {name: record for name, record in files.items() if fnmatch.fnmatch(name, pattern)}
-        problem = check_files(Path(folder), wanted)
-        if problem:
-            problems.append(problem)
-    return problems
-
-
-def first_difference(recorded: Any, current: Any, key: str = "") -> tuple[str, Any, Any] | None:
-    """The first dotted key whose value differs between two settings trees (``None``: equal)."""
-    if isinstance(recorded, Mapping) and isinstance(current, Mapping):
-        for k in [*current, *(k for k in recorded if k not in current)]:  # the settings' order
-            found = first_difference(recorded.get(k), current.get(k), f"{key}.{k}" if key else str(k))
-            if found:
-                return found
-        return None
-    if json.dumps(recorded, sort_keys=True, default=str) != json.dumps(current, sort_keys=True, default=str):
-        return key, recorded, current
-    return None
 
 
 def check_finite_policy(policy_dir: Path, metrics: Mapping[str, float]) -> str | None:
@@ -293,129 +211,6 @@ def distribution_summary(values: list[float]) -> dict[str, float]:
     return summary
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of the initialised ``torch.distributed`` process group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def shard_map(fn: Any, items: list) -> list:
-    """``fn(items)`` (a function of a list, one result per item), shared across the ranks of a
-    ``torch.distributed`` process group: rank r computes items r, r + N, r + 2N... and every rank
-    receives all the results in ``items``' order. In one process, simply ``fn(items)``."""
-    rank, size = world()
-    if size == 1:
-        return list(fn(list(items)))
-    import torch.distributed as dist
-
-    mine = list(range(rank, len(items), size))
-    out = list(fn([items[k] for k in mine])) if mine else []
-    gathered: list = [None] * size
-    dist.all_gather_object(gathered, (mine, out))
-    results: list = [None] * len(items)
-    for indices, values in gathered:
-        for k, value in zip(indices, values, strict=True):
-            results[k] = value
-    return results
-
-
-def generate(
-    generator: Generator, conversations: list, config: SamplingConfig, keys: list[str], desc: str = "generate"
-) -> list:
-    """``generator.generate``, each prompt seeded by (``config.seed``, its key
-    ``<iteration>/<prompt id>/<role>``) when the backend takes ``keys`` (:class:`HFGenerator` does:
-    the samples then do not depend on batching), else seeded by the backend's own rule. ``desc``
-    labels the backend's progress bar (drawn by rank 0 only, over its share of the prompts;
-    :mod:`prefalign.core.progress`).
-
-    In a ``torch.distributed`` process group the prompts are shared across the ranks
-    (:func:`shard_map`) and every rank receives all the results in order (the same as one process,
-    thanks to the keys; greedy decoding (temperature 0) needs no keys).
-    """
-    import inspect
-
-    keyed = "keys" in inspect.signature(generator.generate).parameters
-    label = labelled(generator, desc)
-    size = world()[1]
-    if not keyed:
-        if size > 1 and config.temperature > 0:
-            raise ConfigError(
-                f"config key `generator`: {type(generator).__name__}.generate takes no per-prompt keys, "
-                f"so its samples would depend on how {size} processes split the prompts; run on one process"
-            )
-        return shard_map(lambda part: generator.generate(part, config, **label), conversations)
-    pairs = list(zip(conversations, keys, strict=True))
-    return shard_map(
-        lambda part: generator.generate([c for c, _ in part], config, keys=[k for _, k in part], **label),
-        pairs,
-    )
-
-
-class ShardedGenerator:
-    """A sampler whose ``generate(conversations, config)`` is shared across the ranks
-    (:func:`generate`, each conversation keyed ``<prefix>/<index>``): held-out evaluation of a
-    policy with every rank answering its part of the records."""
-
-    def __init__(self, generator: Generator, prefix: str) -> None:
-        self.generator, self.prefix = generator, prefix
-        self.tokenizer = getattr(generator, "tokenizer", None)
-
-    def generate(self, conversations: list, config: SamplingConfig, desc: str = "generate") -> list:
-        keys = [f"{self.prefix}/{k}" for k in range(len(conversations))]
-        return generate(self.generator, list(conversations), config, keys, desc=desc)
-
-
-class ShardedJudge:
-    """A judge whose ``judge_many(triples)`` is shared across the ranks (:func:`shard_map`); the
-    verdicts are those of the wrapped judge, which decodes greedily. When the wrapped judge records
-    its raw answers (:class:`prefalign.generation.judges.LLMJudge`: ``answer_pairs``), the answers
-    of every rank are counted in ``answer_counts``, as the wrapped judge counts them in one process."""
-
-    def __init__(self, judge: Any) -> None:
-        self.judge = judge
-        self.answer_counts: Counter | None = None
-
-    def judge_many(self, triples: list) -> list:
-        def verdicts(part: list) -> list:
-            if hasattr(self.judge, "judge_many"):
-                out = self.judge.judge_many(part)
-            else:
-                out = [self.judge(*t) for t in part]
-            pairs = getattr(self.judge, "answer_pairs", None) if part else None
-            return [(v, pairs[k] if pairs is not None else None) for k, v in enumerate(out)]
-
-        results = shard_map(verdicts, list(triples))
-        if any(pair is not None for _, pair in results):
-            self.answer_counts = Counter(a or "unparsed" for _, pair in results if pair for a in pair)
-        return [v for v, _ in results]
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in one process)."""
-    import torch.distributed as dist
-
-    if world()[1] > 1:
-        dist.barrier()
-
-
-def compose_train_config(overrides: list[str]) -> DictConfig:
-    """The ``train`` config with ``overrides``, composed through Hydra's global state when an app
-    has set it up (``prefalign-sso``), else from the package's config folder."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="train", overrides=overrides)
-    from prefalign.config import config_dir, register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
 class SSOPipeline:
     """The stages of one ``prefalign-sso`` run (see the module docstring).
 
@@ -457,18 +252,7 @@ class SSOPipeline:
 
     def done(self, i: int, stage: str) -> dict | None:
         """The stage's marker (``None`` if the stage has not finished); a garbled one is an error."""
-        marker = self.marker_path(i, stage)
-        if not marker.exists():
-            return None
-        try:
-            value = json.loads(marker.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ResumeError(
-                f"{marker}: the stage marker is not valid JSON ({err}); {self._how_to_proceed()}"
-            ) from err
-        if not isinstance(value, dict):
-            raise ResumeError(f"{marker}: the stage marker is not a JSON object; {self._how_to_proceed()}")
-        return value
+        return read_marker(self.marker_path(i, stage), self._how_to_proceed())
 
     def stats(self, i: int, stage: str) -> dict:
         """A finished stage's statistics (its marker without the artefact records)."""
@@ -482,16 +266,9 @@ class SSOPipeline:
 
     def mark_done(self, i: int, stage: str, stats: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
         """Write the stage's marker: its statistics, the settings that shaped it, its files' records."""
-        folder = self.iteration_dir(i)
         names = self.policy_files(i) if stage == "train" else STAGE_FILES[stage]
-        files = {name: file_record(folder / name) for name in names}
-        write_json(
-            self.marker_path(i, stage),
-            {
-                **stats,
-                ARTEFACTS: {"settings": settings, "fingerprint": fingerprint(settings), "files": files},
-            },
-        )
+        stats = portable(stats, self.work_dir)  # e.g. the reference π_{i-1}: relative to the run folder
+        write_marker(self.marker_path(i, stage), self.iteration_dir(i), stats, settings, names)
 
     def policy_files(self, i: int) -> list[str]:
         folder = self.iteration_dir(i) / "policy"
@@ -501,23 +278,14 @@ class SSOPipeline:
         self, i: int, stage: str, marker: Mapping[str, Any], settings: Mapping[str, Any]
     ) -> str | None:
         """``None`` when a finished stage's files and settings are as its marker records, else what differs."""
-        path = self.marker_path(i, stage)
-        recorded = marker.get(ARTEFACTS)
-        if not isinstance(recorded, Mapping) or not {"settings", "files"} <= set(recorded):
-            return f"{path} records no settings and files (written by an older prefalign?)"
-        problem = check_files(self.iteration_dir(i), recorded["files"])
-        if problem:
-            return problem
-        difference = first_difference(recorded["settings"], settings)
-        if difference:
-            key, before, now = difference
-            short = lambda v: repr(v) if len(repr(v)) <= 200 else repr(v)[:200] + "..."  # noqa: E731
-            return f"{path}: setting `{key}` was {short(before)} when the stage ran, now {short(now)}"
-        return None
+        return verify_marker(
+            self.marker_path(i, stage), self.iteration_dir(i), marker, settings, self.work_dir
+        )
 
     def settings(self, i: int, stage: str, prompts: list[dict]) -> dict[str, Any]:
-        """What shapes a stage's output: the config keys it reads and its inputs' fingerprints."""
-        return shaping(self._settings(i, stage, prompts))
+        """What shapes a stage's output: the config keys it reads and its inputs' fingerprints, with
+        paths inside the run folder relative to it (a copied or renamed run folder resumes)."""
+        return portable(shaping(self._settings(i, stage, prompts)), self.work_dir)
 
     def _settings(self, i: int, stage: str, prompts: list[dict]) -> dict[str, Any]:
         container = lambda key: OmegaConf.to_container(self.cfg[key], resolve=True)  # noqa: E731
@@ -608,7 +376,7 @@ class SSOPipeline:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        from prefalign.config import validate_train_config
+        from prefalign.config import compose_config, validate_train_config
 
         previous = self.policy_model_cfg(i - 1)
         overrides = [
@@ -623,7 +391,7 @@ class SSOPipeline:
         ]
         where = "config keys `train_objective` / `objective_overrides` / `train_overrides`"
         try:
-            train_cfg = compose_train_config(overrides)
+            train_cfg = compose_config("train", overrides)
             with open_dict(train_cfg):
                 train_cfg.model = OmegaConf.create(previous)
                 train_cfg.reference.model = OmegaConf.create(previous)  # π_{i-1}: frozen within the iteration

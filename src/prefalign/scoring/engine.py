@@ -63,7 +63,6 @@ Each rank needs ``cache_dir`` on a file system all ranks share (as for checkpoin
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import hashlib
 import json
@@ -87,6 +86,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
 from prefalign.core.errors import DropReport
+from prefalign.core.ranks import Ranks, launched_ranks, lightning_child, process_group
 from prefalign.data.batching import pad_collate
 from prefalign.data.chat import tokenize_dataset, tokenizer_fingerprint
 from prefalign.models.identity import weights_identity
@@ -194,76 +194,7 @@ class ScoreTable:
 
 
 # --------------------------------------------------------------------------------------------
-# Ranks: who scores what
-
-
-class _Ranks:
-    """One process: rank 0 of 1."""
-
-    rank = 0
-    world = 1
-    local_rank = 0
-
-    def broadcast(self, obj: Any) -> Any:
-        return obj
-
-    def gather(self, obj: Any) -> list[Any]:
-        return [obj]
-
-    def close(self) -> None:
-        pass
-
-
-class _GroupRanks(_Ranks):
-    """The ranks of an initialised ``torch.distributed`` group; objects travel over a gloo group."""
-
-    def __init__(self, timeout_s: float | None, temporary: bool) -> None:
-        self.rank = dist.get_rank()
-        self.world = dist.get_world_size()
-        self.local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", self.rank)))
-        self.temporary = temporary
-        timeout = datetime.timedelta(seconds=(timeout_s or 7 * 24 * 3600) + 600)
-        self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
-
-    def broadcast(self, obj: Any) -> Any:
-        box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
-
-    def gather(self, obj: Any) -> list[Any]:
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj, group=self.group)
-        return out
-
-    def close(self) -> None:
-        if self.temporary:
-            dist.destroy_process_group()
-        elif self.group is not None:
-            dist.destroy_process_group(self.group)
-
-
-def launched_ranks() -> tuple[int, int, str] | None:
-    """(rank, world size, init method) of a torchrun / env:// or srun launch without a group yet.
-
-    ``None`` in one process and in the ranks Lightning's own launcher starts (they have no
-    ``RANK``). Also used by ``prefalign-sso`` to start its group (:mod:`prefalign.training.launch`).
-    """
-    env = os.environ
-    if all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
-        if int(env["WORLD_SIZE"]) > 1:
-            return int(env["RANK"]), int(env["WORLD_SIZE"]), "env://"
-        return None
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
-        if SLURMEnvironment.detect():
-            slurm = SLURMEnvironment()
-            return (
-                slurm.global_rank(),
-                slurm.world_size(),
-                f"tcp://{slurm.main_address}:{slurm.main_port}",
-            )
-    return None
+# Ranks: who scores what (prefalign.core.ranks)
 
 
 def _wants_several_processes(kwargs: Mapping[str, Any]) -> bool:
@@ -275,11 +206,6 @@ def _wants_several_processes(kwargs: Mapping[str, Any]) -> bool:
         devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
     n = len(devices) if isinstance(devices, Sequence) else int(devices)
     return n * int(kwargs.get("num_nodes", 1) or 1) > 1
-
-
-def _lightning_child() -> bool:
-    """A rank started by Lightning's subprocess launcher (or a non-zero node of a manual launch)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -707,20 +633,15 @@ def score_conversations(
     )
     lock = CacheLock(folder, timeout_s=lock_timeout, stale_s=lock_stale_s)
 
-    if dist.is_available() and dist.is_initialized():
-        return job.collective(_GroupRanks(lock_timeout, temporary=False), kwargs, lock)
-    launched = launched_ranks() if dist.is_available() else None
-    if launched is not None:
-        rank, world, init_method = launched
-        timeout = datetime.timedelta(seconds=(lock_timeout or 7 * 24 * 3600) + 600)
-        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world, timeout=timeout)
-        return job.collective(_GroupRanks(lock_timeout, temporary=True), kwargs, lock)
+    if dist.is_available() and (dist.is_initialized() or launched_ranks() is not None):
+        with process_group("gloo", timeout_s=lock_timeout or 7 * 24 * 3600) as ranks:
+            return job.collective(ranks, kwargs, lock)
     if _wants_several_processes(kwargs):
         return job.lightning_launch(kwargs, lock, lock_timeout)
     if finished:
         log.info("%s on %s: cache hit at %s", member, source, folder)
         return load_score_table(folder)
-    return job.collective(_Ranks(), kwargs, lock)
+    return job.collective(Ranks(), kwargs, lock)
 
 
 @dataclass
@@ -786,14 +707,8 @@ class _Job:
             world,
         )
 
-    def collective(self, ranks: _Ranks, kwargs: Mapping[str, Any], lock: CacheLock) -> ScoreTable:
+    def collective(self, ranks: Ranks, kwargs: Mapping[str, Any], lock: CacheLock) -> ScoreTable:
         """Rank 0 locks and plans, every rank scores its shards, rank 0 merges, every rank reads."""
-        try:
-            return self._collective(ranks, kwargs, lock)
-        finally:
-            ranks.close()
-
-    def _collective(self, ranks: _Ranks, kwargs: Mapping[str, Any], lock: CacheLock) -> ScoreTable:
         started = time.perf_counter()
         tokenised = drops = None
         decision: dict[str, Any] = {"error": None, "plan": None}
@@ -858,7 +773,7 @@ class _Job:
     ) -> ScoreTable:
         """Lightning's ``predict`` launches the ranks; the launching process holds the lock and merges."""
         started = time.perf_counter()
-        child = _lightning_child()
+        child = lightning_child()
         if child:
             if _finished(self.folder):
                 return load_score_table(self.folder)

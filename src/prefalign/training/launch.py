@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from prefalign.core.errors import ConfigError
+from prefalign.core.ranks import launched_local_rank
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ def child_rank_argv(argv: Sequence[str], environ: dict[str, str] | None = None) 
     ``hydra.run.dir`` = the parent job's folder: a single run (no ``-m``) of that one job.
     """
     env = os.environ if environ is None else environ
-    local_rank = env.get("LOCAL_RANK", "0")
-    if local_rank in ("", "0") or PARENT_JOB_ENV not in env:
+    local_rank = launched_local_rank(env)
+    if local_rank == 0 or PARENT_JOB_ENV not in env:
         return None
     job = json.loads(env[PARENT_JOB_ENV])
     return [
@@ -95,7 +96,7 @@ def child_rank_argv(argv: Sequence[str], environ: dict[str, str] | None = None) 
 
 def is_child_rank() -> bool:
     """Whether this process is a child rank started for a parent's job (see :func:`child_rank_argv`)."""
-    return os.environ.get("LOCAL_RANK", "0") not in ("", "0") and PARENT_JOB_ENV in os.environ
+    return launched_local_rank() > 0 and PARENT_JOB_ENV in os.environ
 
 
 @contextlib.contextmanager
@@ -127,7 +128,7 @@ def parent_job() -> Iterator[None]:
 def _launcher_environment(values: dict[str, str]) -> Iterator[None]:
     """Set ``values`` in the environment; afterwards restore every variable Lightning's launcher
     sets and destroy the process group the fit created (the ranks of this fit are gone). A group
-    that existed before (``prefalign-sso`` under torchrun / srun: :func:`launched_process_group`)
+    that existed before (``prefalign-sso`` under torchrun / srun: :func:`prefalign.core.ranks.process_group`)
     is kept: the same ranks run the program's next stages."""
     import torch.distributed as dist
 
@@ -143,42 +144,6 @@ def _launcher_environment(values: dict[str, str]) -> Iterator[None]:
             else:
                 os.environ[key] = value
         if not existing and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def launched_process_group() -> Iterator[int]:
-    """Around a whole program started on every rank by torchrun or ``srun`` (``prefalign-sso``):
-    initialise the ``torch.distributed`` group from the launcher's variables (``RANK``,
-    ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, or ``SLURM_PROCID`` / ``SLURM_NTASKS``; read by
-    :func:`prefalign.scoring.engine.launched_ranks`), with NCCL on this rank's GPU
-    (``LOCAL_RANK`` / ``SLURM_LOCALID``) when CUDA is available and gloo otherwise, and destroy it
-    afterwards. Yields the world size: 1 (nothing initialised) in a single process, in the ranks
-    Lightning's own launcher starts, and when a group already exists (then its size)."""
-    import torch
-    import torch.distributed as dist
-
-    from prefalign.scoring.engine import launched_ranks
-
-    if dist.is_available() and dist.is_initialized():
-        yield dist.get_world_size()
-        return
-    launched = launched_ranks() if dist.is_available() else None
-    if launched is None:
-        yield 1
-        return
-    rank, world_size, init_method = launched
-    backend = "gloo"
-    if torch.cuda.is_available():
-        backend = "nccl"
-        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
-        torch.cuda.set_device(local_rank)  # "cuda" (generation, scoring) is this rank's GPU
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
-    log.info("rank %d of %d: %s process group from the launcher (%s)", rank, world_size, backend, init_method)
-    try:
-        yield world_size
-    finally:
-        if dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -237,7 +202,7 @@ def child_train_config(environ: dict[str, str] | None = None) -> str | None:
     """In a rank Lightning started for a :func:`train_in_child_ranks` fit, the saved config's
     path; ``None`` in any other process."""
     env = os.environ if environ is None else environ
-    if env.get("LOCAL_RANK", "0") in ("", "0"):
+    if launched_local_rank(env) == 0:
         return None
     return env.get(CHILD_TRAIN_ENV)
 

@@ -1,28 +1,22 @@
-"""The main job's live progress (experiments/cpu_studies/run.py): runs done, the current epoch and
+"""The study runner's live progress (prefalign.studies.runner): runs done, the current epoch and
 metric read from a growing metrics.csv, and the time left, on a fake clock and on a running app."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-RUN = Path(__file__).parents[2] / "experiments" / "cpu_studies" / "run.py"
 HEADER = "epoch,step,train/loss,val/exact_match\n"
 
 
 @pytest.fixture(scope="module")
 def run():
-    spec = importlib.util.spec_from_file_location("cpu_studies_run_progress", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    from prefalign.studies import runner
+
+    return runner
 
 
 class FakeClock:
@@ -127,7 +121,7 @@ def test_run_app_streams_the_progress_of_a_running_app(run, tmp_path, monkeypatc
     monkeypatch.setattr(run, "POLL_S", 0.2)
     runs = tmp_path / "runs"
     watcher = run.StageWatcher(run.StageProgress("fake", 1, 3), tmp_path / "fake.log", [runs])
-    with caplog.at_level(logging.INFO, logger="cpu_studies"):
+    with caplog.at_level(logging.INFO, logger="prefalign.studies"):
         run.run_app("fake_app", [str(runs / "0")], tmp_path / "fake.log", watcher)
     lines = [r.getMessage().strip() for r in caplog.records]
     shown = [line for line in lines if line.startswith("fake: ")]
