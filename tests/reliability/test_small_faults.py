@@ -89,14 +89,20 @@ def test_the_too_long_warning_only_when_max_length_exceeds_the_model(
 ):
     """A conversation longer than the model's 4096 tokens, cut to max_length by us: no "indexing
     errors" warning, unless max_length itself exceeds the model's maximum, when the warning is true."""
+    from transformers.utils import logging as hf_logging
+
     tokenizer = copy.deepcopy(make_tokenizer("chatml"))
     tokenizer.model_max_length = model_max_length
+    tokenizer.deprecation_warnings = {}  # transformers warns once per tokenizer: not already
     messages = [{"role": "user", "content": "x" * 9000}, {"role": "assistant", "content": "y" * 10}]
     handler, logger = _Records(), logging.getLogger("transformers")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # whatever an earlier test of the session set
     logger.addHandler(handler)
     try:
         encoded = encode_conversation(tokenizer, messages, max_length=max_length)
     finally:
         logger.removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
     assert len(encoded.input_ids) == max_length and encoded.truncated
     assert any("will result in indexing errors" in m for m in handler.messages) == warned
