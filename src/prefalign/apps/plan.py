@@ -82,9 +82,10 @@ def guarded(fn, *args) -> int:
         return 2
 
 
-def sso_train_config(overrides: list[str]) -> DictConfig:
+def sso_train_config(overrides: list[str], extra_train_overrides: list[str] = ()) -> DictConfig:
     """Iteration 1's ``train`` config of the SSO run composed from ``sso`` with ``overrides``, as
-    ``prefalign-sso`` builds it; ``model.name_or_path: ???`` becomes :data:`SSO_DEFAULT_MODEL`."""
+    ``prefalign-sso`` builds it; ``model.name_or_path: ???`` becomes :data:`SSO_DEFAULT_MODEL`;
+    ``extra_train_overrides`` are appended to the experiment's ``train_overrides``."""
     from hydra import compose, initialize_config_dir
 
     from prefalign.pipelines.sso import SSOPipeline
@@ -95,6 +96,7 @@ def sso_train_config(overrides: list[str]) -> DictConfig:
             cfg.model.name_or_path = SSO_DEFAULT_MODEL
         with open_dict(cfg):  # no run folder is made: the planner reads the configs only
             cfg.work_dir = str(Path(cfg.paths.log_dir) / "plan" / str(cfg.task_name))
+            cfg.train_overrides = [*cfg.train_overrides, *extra_train_overrides]
         return SSOPipeline(cfg).train_configs[1]
 
 
@@ -110,6 +112,39 @@ def sso_main(argv: list[str]) -> int:
     return run_plan(train_cfg, plan_cfg, Path("logs") / "plan" / f"{name}.plan.json")
 
 
+def batch_main(specs_path: str, results_path: str) -> int:
+    """``python -m prefalign.apps.plan --batch <specs.json> <results.json>``: plan many configs in one
+    process (the tests' sweep of the paper experiments). Each spec: ``{"overrides": [...], "plan":
+    {...}, "depths": [k, ...], "train_overrides": [...]}`` (``sso_experiment=`` in the overrides: an SSO
+    experiment, ``train_overrides`` appended to its iterations' overrides); one plan
+    per depth (``plan.num_layers``; null: full depth). Results: per spec, ``{"plans": [plan JSON per
+    depth]}`` or ``{"error": message}``."""
+    from hydra import compose, initialize_config_dir
+
+    from prefalign.planning.plan import PlanSettings, make_plan
+
+    results = []
+    for spec in json.loads(Path(specs_path).read_text(encoding="utf-8")):
+        overrides = list(spec["overrides"])
+        try:
+            if any(a.startswith("sso_experiment=") for a in overrides):
+                train_cfg = sso_train_config(overrides, spec.get("train_overrides", []))
+            else:
+                with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+                    train_cfg = compose(config_name="plan", overrides=overrides)
+                with open_dict(train_cfg):
+                    del train_cfg["plan"]
+            plans = []
+            for depth in spec.get("depths", [None]):
+                settings = PlanSettings.from_config({**spec.get("plan", {}), "num_layers": depth})
+                plans.append(make_plan(train_cfg, settings).as_dict())
+            results.append({"overrides": overrides, "plans": plans})
+        except Exception as err:  # noqa: BLE001 - every failure reported with its spec
+            results.append({"overrides": overrides, "error": f"{type(err).__name__}: {err}"})
+    Path(results_path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def main() -> None:
     """Entry point: load the fake-CUDA shim before torch is imported, then plan."""
     from prefalign.planning.shim import ShimUnavailable, load_fake_cuda
@@ -120,6 +155,10 @@ def main() -> None:
         print(f"prefalign-plan: {err}", file=sys.stderr)
         sys.exit(2)
     argv = sys.argv[1:]
+    if argv[:1] == ["--batch"]:
+        if len(argv) != 3:
+            sys.exit("usage: python -m prefalign.apps.plan --batch <specs.json> <results.json>")
+        sys.exit(batch_main(argv[1], argv[2]))
     if any(a.startswith("sso_experiment=") for a in argv):
         status = guarded(sso_main, argv)
         if status:

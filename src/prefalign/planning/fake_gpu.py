@@ -6,6 +6,7 @@ implementations. Needs the fake-CUDA shim loaded (:mod:`prefalign.planning.shim`
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -146,6 +147,8 @@ def route_sdpa() -> Iterator[None]:
             repeats = query.shape[-3] // key.shape[-3]
             key = key.repeat_interleave(repeats, dim=-3)
             value = value.repeat_interleave(repeats, dim=-3)
+        if os.environ.get("PREFALIGN_PLAN_DEBUG"):
+            print("sdpa", tuple(query.shape), tuple(key.shape), None if attn_mask is None else tuple(attn_mask.shape), is_causal)
         if attn_mask is None:
             return flash(query, key, value, dropout_p, is_causal, False, scale=scale)[0]
         if attn_mask.dtype == torch.bool:

@@ -377,7 +377,9 @@ def simulate_step(cfg: DictConfig, numbers: Mapping[str, Any], setup: Setup, ste
             tracker.reset_mod_stats()  # per-module stats of one step at a time (the tracker's rule)
             try:
                 with tracker, watch:
-                    batch = _to_device(batch_cpu, device, fake_mode)
+                    # Lightning's order: the host-side hook, the transfer, the device-side hook
+                    batch = module.on_before_batch_transfer(dict(batch_cpu), 0)
+                    batch = module.on_after_batch_transfer(_to_device(batch, device, fake_mode), 0)
                     with autocast():
                         loss = module.training_step(batch, 0)["loss"]
                     (loss / setup.accumulate).backward()
