@@ -67,6 +67,11 @@ def architecture_config(model_cfg: Mapping[str, Any]) -> tuple[str, dict[str, An
             "tie_word_embeddings": True,
         }
     name = model_cfg.get("name_or_path")
+    local = Path(str(name)).expanduser() / "config.json"
+    if name and local.is_file():  # a local model folder: its own config.json
+        import json
+
+        return str(name), json.loads(local.read_text(encoding="utf-8"))
     for key, entry in architectures().items():
         if name == key or name in entry["names"]:
             return key, dict(entry["config"])

@@ -266,10 +266,9 @@ def make_plan(cfg: DictConfig, settings: PlanSettings) -> Plan:
     memory = simulate_step(cfg, numbers, setup, settings.steps)
     capacity = int(card["memory_mib"]) * 2**20
     margin = int(settings.margin_gib * GIB + settings.margin_fraction * memory.peak)
-    from hydra.utils import get_class
+    from hydra.utils import instantiate
 
-    objective_cls = get_class(cfg.objective._target_)
-    sequences = len(getattr(objective_cls, "sequences", ("single",)))
+    sequences = len(instantiate(cfg.objective).sequences)
     run = {
         "task_name": cfg.get("task_name"),
         "model": cfg.model.get("name_or_path") or "tiny",
