@@ -6,7 +6,6 @@ implementations. Needs the fake-CUDA shim loaded (:mod:`prefalign.planning.shim`
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
@@ -142,15 +141,15 @@ def route_sdpa() -> Iterator[None]:
         query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
     ):
         if query.device.type != "cuda":
-            return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa=enable_gqa)
-        if key.shape[-3] != query.shape[-3]:  # grouped-query attention: flash-attn reads shared heads
+            return original(
+                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+            )
+        if attn_mask is None:  # flash reads grouped-query key / value heads as they are
+            return flash(query, key, value, dropout_p, is_causal, False, scale=scale)[0]
+        if key.shape[-3] != query.shape[-3]:  # the memory-efficient kernel needs as many heads
             repeats = query.shape[-3] // key.shape[-3]
             key = key.repeat_interleave(repeats, dim=-3)
             value = value.repeat_interleave(repeats, dim=-3)
-        if os.environ.get("PREFALIGN_PLAN_DEBUG"):
-            print("sdpa", tuple(query.shape), tuple(key.shape), None if attn_mask is None else tuple(attn_mask.shape), is_causal)
-        if attn_mask is None:
-            return flash(query, key, value, dropout_p, is_causal, False, scale=scale)[0]
         if attn_mask.dtype == torch.bool:
             attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill_(~attn_mask, float("-inf"))
         attn_mask = attn_mask.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])

@@ -49,6 +49,7 @@ _COLUMN = {
     "TEMP": "temporaries",
     "ALL_GATHER": "temporaries",
     "REDUCE_SCATTER": "temporaries",
+    "OTH": "temporaries",  # MemTracker's "other": allocations outside any tracked category
 }
 FSDP_SHARDING = {"FULL_SHARD": True, "SHARD_GRAD_OP": False}
 
@@ -322,45 +323,61 @@ def _count_forwards(model) -> tuple[list[int], list]:
     return counter, [handle]
 
 
-def simulate_step(cfg: DictConfig, numbers: Mapping[str, Any], setup: Setup, steps: int = 2) -> StepMemory:
+def simulate_step(
+    cfg: DictConfig,
+    numbers: Mapping[str, Any],
+    setup: Setup,
+    steps: int = 2,
+    real_cpu: bool = False,
+    fake_device: str = "cuda",
+) -> StepMemory:
     """Run the configured training step ``steps`` times on rank 0 of ``setup.world_size`` simulated
     GPUs; the last step's peak is the steady state (optimizer state exists, gradients freed by
     ``zero_grad(set_to_none=True)`` as Lightning does).
+
+    ``real_cpu``: the same step for real on the CPU (one process, ``setup.strategy`` single, real
+    weights), under the same tracker; ``fake_device="cpu"``: simulated on fake CPU tensors. Both are
+    the simulator's own checks (``benchmarks/plan_validation.py``).
 
     Raises:
         PlanStepError: the step failed, naming the project line (device mismatch, dtype error...).
     """
     if steps < 2:
         raise ConfigError(f"config key `plan.steps`: at least 2 (the second is the steady state), got {steps}")
+    if real_cpu and setup.strategy != "single":
+        raise ConfigError("a real CPU step runs one process: plan it with a single-device strategy")
     from torch.distributed.device_mesh import init_device_mesh
 
     fake_mode = torch_private.get("FakeTensorMode")(allow_non_fake_inputs=True)
-    device = torch.device("cuda", 0)
-    module, objective, data_cls = build_module(cfg, numbers, setup)
+    device = torch.device("cpu") if real_cpu or fake_device == "cpu" else torch.device("cuda", 0)
+    module, objective, data_cls = build_module(cfg, numbers, setup, device="cpu" if real_cpu else "meta")
     module.log = lambda *args, **kwargs: None  # Lightning's logging is not part of the step
     vocab = int(numbers["vocab_size"])
     pad_id = int(numbers.get("pad_token_id") or numbers.get("eos_token_id") or 0)
     batch_cpu = synthetic_batch(objective, data_cls, setup, vocab, pad_id)
     low = _mixed_dtype(setup.precision)
     autocast = (
-        functools.partial(torch.autocast, "cuda", dtype=low)
+        functools.partial(torch.autocast, device.type, dtype=low)
         if low is not None and setup.precision.endswith("mixed")
         else contextlib.nullcontext
     )
     sharded = setup.strategy in ("fsdp", "fsdp2")
     with contextlib.ExitStack() as stack:
-        stack.enter_context(fake_gpu.cuda_stubs(setup.world_size))
-        stack.enter_context(fake_gpu.fake_process_group(setup.world_size))
-        stack.enter_context(fake_gpu.private_sharding_propagation())
-        stack.enter_context(fake_gpu.route_sdpa())
-        mesh = init_device_mesh("cuda", (setup.world_size,), mesh_dim_names=("data_parallel",))
-        stack.enter_context(fake_mode)
+        if not real_cpu:
+            stack.enter_context(fake_gpu.cuda_stubs(setup.world_size))
+            stack.enter_context(fake_gpu.fake_process_group(setup.world_size))
+            stack.enter_context(fake_gpu.private_sharding_propagation())
+            stack.enter_context(fake_gpu.route_sdpa())
+            if sharded:
+                mesh = init_device_mesh("cuda", (setup.world_size,), mesh_dim_names=("data_parallel",))
+            stack.enter_context(fake_mode)
         if setup.precision.endswith("true") and low is not None:
             module.model.to(low)
         counter, handles = _count_forwards(module.model)  # before sharding renames the classes
         if sharded:
             _shard(module, setup, mesh)
-        module.model.to_empty(device=device)
+        if not real_cpu:
+            module.model.to_empty(device=device)
         module._trainer = SimpleNamespace(  # what configure_model / configure_optimizers read
             precision=setup.precision, model=module.model, estimated_stepping_batches=1000
         )
@@ -379,7 +396,11 @@ def simulate_step(cfg: DictConfig, numbers: Mapping[str, Any], setup: Setup, ste
                 with tracker, watch:
                     # Lightning's order: the host-side hook, the transfer, the device-side hook
                     batch = module.on_before_batch_transfer(dict(batch_cpu), 0)
-                    batch = module.on_after_batch_transfer(_to_device(batch, device, fake_mode), 0)
+                    if real_cpu:  # copies, so the batch is allocated under the tracker as on a GPU
+                        batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                    else:
+                        batch = _to_device(batch, device, fake_mode)
+                    batch = module.on_after_batch_transfer(batch, 0)
                     with autocast():
                         loss = module.training_step(batch, 0)["loss"]
                     (loss / setup.accumulate).backward()
