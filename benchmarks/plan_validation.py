@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from prefalign.planning.shim import load_fake_cuda
+from prefalign.planning.shim import prepare_simulated_cuda
 
-load_fake_cuda()
+prepare_simulated_cuda()
 
 import torch  # noqa: E402  (after the shim)
 from hydra import compose, initialize_config_dir  # noqa: E402

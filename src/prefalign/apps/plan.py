@@ -147,10 +147,10 @@ def batch_main(specs_path: str, results_path: str) -> int:
 
 def main() -> None:
     """Entry point: load the fake-CUDA shim before torch is imported, then plan."""
-    from prefalign.planning.shim import ShimUnavailable, load_fake_cuda
+    from prefalign.planning.shim import ShimUnavailable, prepare_simulated_cuda
 
     try:
-        load_fake_cuda()
+        prepare_simulated_cuda()
     except ShimUnavailable as err:
         print(f"prefalign-plan: {err}", file=sys.stderr)
         sys.exit(2)

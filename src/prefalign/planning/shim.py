@@ -10,7 +10,9 @@ the torch version and the source's hash; later loads take milliseconds.
 
 Where the shim cannot work the functions raise :class:`ShimUnavailable` with what to do: no C++
 compiler, or a CUDA build of torch (whose own CUDA hooks are registered: with a visible GPU the
-simulator needs no shim; without one, on a login node, it cannot simulate CUDA).
+simulator needs no shim; without one, on a login node, it cannot simulate CUDA):
+:func:`prepare_simulated_cuda` decides. The CUDA-build branches were not run: no CUDA build of
+torch or GPU was at hand when this was written.
 """
 
 from __future__ import annotations
@@ -144,6 +146,33 @@ def load_fake_cuda(devices: int = 8) -> Path:
     ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     _loaded = path
     return path
+
+
+def prepare_simulated_cuda(devices: int = 8) -> str:
+    """Make fake ``cuda`` tensors work in this process, before torch is imported; returns how.
+
+    - CPU build of torch: the shim is built (first use) and loaded: ``"shim"``.
+    - CUDA build with a visible GPU: torch's own CUDA hooks serve the fake tensors; no memory is
+      allocated on the GPU (every CUDA tensor of the plan is fake, and ``torch.cuda``'s device,
+      stream and event calls are stubbed while planning): ``"cuda build"``.
+    - CUDA build without a visible GPU (a login node): :class:`ShimUnavailable`, saying what to do.
+    """
+    version, cuda = torch_build()
+    if cuda is None:
+        load_fake_cuda(devices)
+        return "shim"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ShimUnavailable(
+            f"torch {version} is a CUDA {cuda} build and this machine has no visible GPU: CUDA's own "
+            "hooks refuse fake CUDA devices, and the fake-CUDA shim cannot replace them in a CUDA build. "
+            "Plan on a node with a GPU, or in a virtual environment with torch's CPU build: "
+            f"`python -m venv plan-env && plan-env/bin/pip install torch=={version.split('+')[0]} "
+            "--index-url https://download.pytorch.org/whl/cpu && plan-env/bin/pip install -e .` "
+            "(then plan-env/bin/prefalign-plan ...)"
+        )
+    return "cuda build"
 
 
 def loaded() -> bool:

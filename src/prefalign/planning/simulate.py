@@ -374,13 +374,13 @@ def simulate_step(
         if setup.precision.endswith("true") and low is not None:
             module.model.to(low)
         counter, handles = _count_forwards(module.model)  # before sharding renames the classes
+        module._trainer = SimpleNamespace(  # what configure_model / configure_optimizers read
+            precision=setup.precision, model=module.model, estimated_stepping_batches=1000
+        )
         if sharded:
             _shard(module, setup, mesh)
         if not real_cpu:
             module.model.to_empty(device=device)
-        module._trainer = SimpleNamespace(  # what configure_model / configure_optimizers read
-            precision=setup.precision, model=module.model, estimated_stepping_batches=1000
-        )
         optimizer = module.configure_optimizers()["optimizer"]
         if sharded:
             tracker = torch_private.get("FSDPMemTracker")(module.model, optimizer)
