@@ -69,7 +69,10 @@ def train_config(overrides: list[str]):
 
 
 def gib_table(memory) -> dict:
-    return {**{c: round(memory.by_category[c] / GIB, 4) for c in CATEGORIES}, "peak": round(memory.peak / GIB, 4)}
+    return {
+        **{c: round(memory.by_category[c] / GIB, 4) for c in CATEGORIES},
+        "peak": round(memory.peak / GIB, 4),
+    }
 
 
 def cpu_check() -> dict:
@@ -110,7 +113,10 @@ def cpu_check() -> dict:
 
 def torchtitan_check() -> dict:
     plans = {}
-    for name, checkpointing in (("no_activation_checkpointing", False), ("full_activation_checkpointing", True)):
+    for name, checkpointing in (
+        ("no_activation_checkpointing", False),
+        ("full_activation_checkpointing", True),
+    ):
         cfg = train_config([*TITAN, f"model.gradient_checkpointing={str(checkpointing).lower()}"])
         _, numbers = architecture_config(cfg.model)
         setup = resolve_setup(cfg)

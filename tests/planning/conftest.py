@@ -25,7 +25,9 @@ def shim():
         pytest.skip(f"fake-CUDA shim unavailable: {err}")
 
 
-def run_python(code: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_python(
+    code: str, *args: str, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``python -c code args`` in a fresh process from the repository root."""
     return subprocess.run(
         [sys.executable, "-c", code, *args],

@@ -39,7 +39,9 @@ def test_poft_table1_prints_the_per_gpu_table_and_writes_its_json(shim, tmp_path
     categories = plan["per_rank_gib"]
     parts = sum(categories[c] for c in ("params", "grads", "optimizer", "activations", "temporaries"))
     assert parts == pytest.approx(categories["peak"], abs=0.01)
-    assert plan["throughput"]["tokens_per_step"] == 8 * 8 * 2048 * 2  # ranks x micro-batch x length x accumulation
+    assert (
+        plan["throughput"]["tokens_per_step"] == 8 * 8 * 2048 * 2
+    )  # ranks x micro-batch x length x accumulation
 
 
 def test_a_run_that_does_not_fit_gets_the_smallest_fix(shim, tmp_path):
@@ -66,7 +68,9 @@ def test_a_host_sync_is_named_by_file_and_line_and_fails_with_fail_on_sync(shim,
     env = {"PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     listed = _plan(tmp_path, *args, env=env)
     assert listed.returncode == 0, listed.stderr[-3000:]
-    line = next(i for i, t in enumerate((HERE / "syncing_objective.py").read_text().splitlines(), 1) if ".item()" in t)
+    line = next(
+        i for i, t in enumerate((HERE / "syncing_objective.py").read_text().splitlines(), 1) if ".item()" in t
+    )
     assert f"syncing_objective.py:{line}" in listed.stdout
     failed = _plan(tmp_path, *args, "plan.fail_on_sync=true", env=env)
     assert failed.returncode == 3 and "plan.fail_on_sync" in failed.stderr

@@ -15,11 +15,11 @@ import torch
 from transformers import PreTrainedModel, get_scheduler
 
 from prefalign.core.names import NOISE
+from prefalign.models.loading import disable_dropout as disable_model_dropout
+from prefalign.objectives.base import ObjectiveOutput
 
 NOISE_COUNT = f"{NOISE}_count"
 """Batch key: the number of noise samples, counted on the host before the batch moves to the GPU."""
-from prefalign.models.loading import disable_dropout as disable_model_dropout
-from prefalign.objectives.base import ObjectiveOutput
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 

@@ -21,7 +21,6 @@ import sys
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,7 +40,13 @@ SYNC_OPS = {
     aten.equal.default: "torch.equal of device tensors",
 }
 UNIQUE_OPS = {aten._unique2.default, aten.unique_dim.default, aten.unique_consecutive.default}
-MATMUL_OPS = {aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default, aten.addmm_.default}
+MATMUL_OPS = {
+    aten.mm.default,
+    aten.bmm.default,
+    aten.addmm.default,
+    aten.baddbmm.default,
+    aten.addmm_.default,
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,13 @@ class PlanStepError(RuntimeError):
 
 
 # torch's dispatch machinery: never the interesting frame
-_MACHINERY = ("torch/utils/_python_dispatch", "torch/_dynamo/", "torch/_compile.py", "torch/_ops.py", "torch/_subclasses/")
+_MACHINERY = (
+    "torch/utils/_python_dispatch",
+    "torch/_dynamo/",
+    "torch/_compile.py",
+    "torch/_ops.py",
+    "torch/_subclasses/",
+)
 
 
 def _short(filename: str, line: int) -> str:
@@ -178,11 +189,6 @@ class StepWatch(TorchDispatchMode):
         if tensor.dtype == torch.bool or func in (aten.is_nonzero.default, aten.equal.default):
             return True
         return 1.0 if tensor.is_floating_point() else 1
-
-
-def exception_frames(exc_type, exc: BaseException, tb: TracebackType | None) -> list[str]:  # pragma: no cover
-    """The formatted traceback of ``exc`` (for debugging a failed plan with ``plan.debug=true``)."""
-    return traceback.format_exception(exc_type, exc, tb)
 
 
 def print_traceback(err: BaseException) -> None:

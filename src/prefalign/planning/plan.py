@@ -184,7 +184,11 @@ def _overrides_for(setup: Setup, base: Setup) -> list[str]:
     if setup.micro_batch != base.micro_batch:
         out += [f"data.batch_size={setup.micro_batch}", f"trainer.accumulate_grad_batches={setup.accumulate}"]
     if setup.strategy != base.strategy:
-        out += ["trainer=fsdp2", f"trainer.devices={setup.world_size}", f"trainer.precision={setup.precision}"]
+        out += [
+            "trainer=fsdp2",
+            f"trainer.devices={setup.world_size}",
+            f"trainer.precision={setup.precision}",
+        ]
     return out
 
 
@@ -231,7 +235,9 @@ def precision_notes(cfg: DictConfig, setup: Setup) -> list[str]:
         )
     attn = str(cfg.model.get("attn_implementation", "sdpa"))
     if attn in ("flash_attention_2", "sdpa"):
-        notes.append(f"attention ({attn}) simulated with SDPA's flash / memory-efficient kernels (O(S) memory)")
+        notes.append(
+            f"attention ({attn}) simulated with SDPA's flash / memory-efficient kernels (O(S) memory)"
+        )
     if setup.strategy == "fsdp":
         notes.append(
             "Lightning FSDPStrategy (FSDP1, flat parameters) simulated with FSDP2 per decoder layer: the "
@@ -303,8 +309,13 @@ def format_plan(plan: Plan) -> str:
     """The per-rank table and the verdict, as printed by ``prefalign-plan``."""
     s, m = plan.setup, plan.memory
     checkpointing = (
-        "strategy + model" if s.strategy_checkpointing and s.model_checkpointing
-        else "strategy" if s.strategy_checkpointing else "model" if s.model_checkpointing else "off"
+        "strategy + model"
+        if s.strategy_checkpointing and s.model_checkpointing
+        else "strategy"
+        if s.strategy_checkpointing
+        else "model"
+        if s.model_checkpointing
+        else "off"
     )
     lines = [
         f"prefalign-plan: {plan.run['task_name']} | {plan.run['model']} ({plan.run['architecture']}) | "
@@ -324,7 +335,11 @@ def format_plan(plan: Plan) -> str:
         f"GPU {plan.gpu['name']}: {plan.capacity / GIB:.2f} GiB; margin {plan.margin / GIB:.2f} GiB "
         f"(CUDA context, NCCL, allocator fragmentation); peak + margin "
         f"{(m.peak + plan.margin) / GIB:.2f} GiB -> "
-        + (f"FITS, headroom {plan.headroom / GIB:.2f} GiB" if plan.fits else f"DOES NOT FIT by {-plan.headroom / GIB:.2f} GiB"),
+        + (
+            f"FITS, headroom {plan.headroom / GIB:.2f} GiB"
+            if plan.fits
+            else f"DOES NOT FIT by {-plan.headroom / GIB:.2f} GiB"
+        ),
     ]
     if not plan.fits:
         lines.append(

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.core.errors import ConfigError
-from prefalign.core.names import ID, NOISE, reference_columns
+from prefalign.core.names import ID, NOISE
 from prefalign.data.batching import pad_collate
 from prefalign.data.chat import IGNORE_INDEX
 from prefalign.data.preference import PreferenceDataModule, collate_sequences
@@ -230,6 +229,8 @@ def build_module(cfg: DictConfig, numbers: Mapping[str, Any], setup: Setup, devi
         raise ConfigError(
             "config key `reference.mode`: live reference models are not planned yet (use precomputed)"
         )
+    if OmegaConf.select(cfg, "data.share_prompts", default=False):
+        raise ConfigError("config key `data.share_prompts`: shared-prompt rows are not simulated yet")
     module_cls, data_kwargs, _ = objective_wiring(cfg, objective)
     attn = str(cfg.model.get("attn_implementation", "sdpa"))
     if attn == "flex_attention":
@@ -241,7 +242,9 @@ def build_module(cfg: DictConfig, numbers: Mapping[str, Any], setup: Setup, devi
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=implementation)
     model = prepare_causal_lm(model, setup.model_checkpointing, cfg.model.get("lora"))
-    module_cfg = {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "_target_"}
+    module_cfg = {
+        k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "_target_"
+    }
     module = module_cls(
         model=model,
         objective=objective,
@@ -249,13 +252,9 @@ def build_module(cfg: DictConfig, numbers: Mapping[str, Any], setup: Setup, devi
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         **module_cfg,
     )
-    return module, objective, instantiate_data_class(cfg)
-
-
-def instantiate_data_class(cfg: DictConfig) -> type:
     from hydra.utils import get_class
 
-    return get_class(cfg.data._target_)
+    return module, objective, get_class(cfg.data._target_)
 
 
 def _mixed_dtype(precision: str) -> torch.dtype | None:
@@ -286,7 +285,9 @@ def _shard(module, setup: Setup, mesh) -> None:
         classes = tuple({type(layer) for layer in decoder_layers(model)})
         apply_activation_checkpointing(
             model,
-            checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+            checkpoint_wrapper_fn=functools.partial(
+                checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT
+            ),
             check_fn=lambda m: isinstance(m, classes),
         )
     low = _mixed_dtype(setup.precision)
@@ -297,7 +298,12 @@ def _shard(module, setup: Setup, mesh) -> None:
         fully_shard(layer, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=setup.reshard_after_forward)
     # the root keeps its parameters after forward (FSDP1 and FSDP2 both: they are used at once in
     # backward), so the LM head's weight is unsharded when the lean log-prob path reads it
-    fully_shard(model, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=None if setup.reshard_after_forward else False)
+    fully_shard(
+        model,
+        mesh=dp_mesh,
+        mp_policy=policy,
+        reshard_after_forward=None if setup.reshard_after_forward else False,
+    )
 
 
 def _snapshot(tracker, device: torch.device) -> tuple[dict[str, int], int]:
@@ -343,7 +349,9 @@ def simulate_step(
         PlanStepError: the step failed, naming the project line (device mismatch, dtype error...).
     """
     if steps < 2:
-        raise ConfigError(f"config key `plan.steps`: at least 2 (the second is the steady state), got {steps}")
+        raise ConfigError(
+            f"config key `plan.steps`: at least 2 (the second is the steady state), got {steps}"
+        )
     if real_cpu and setup.strategy != "single":
         raise ConfigError("a real CPU step runs one process: plan it with a single-device strategy")
     from torch.distributed.device_mesh import init_device_mesh
@@ -425,17 +433,3 @@ def simulate_step(
         layer_forwards=counter[0],
         findings=watch.findings,
     )
-
-
-def with_changes(setup: Setup, **changes: Any) -> Setup:
-    """``setup`` with some fields changed (a candidate fix)."""
-    return replace(setup, **changes)
-
-
-def gib(value: float) -> float:
-    """Bytes to GiB, rounded to 0.01."""
-    return round(value / GIB, 2)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)
