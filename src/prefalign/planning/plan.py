@@ -34,7 +34,7 @@ class PlanSettings:
     steps: int = 2
     mfu: float | None = None
     margin_gib: float = 2.0
-    margin_fraction: float = 0.10
+    margin_fraction: float = 0.15
     fix: bool = True
     max_fix_attempts: int = 4
     fail_on_sync: bool = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -336,6 +336,7 @@ def simulate_step(
     steps: int = 2,
     real_cpu: bool = False,
     fake_device: str = "cuda",
+    wrap_layer: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> StepMemory:
     """Run the configured training step ``steps`` times on rank 0 of ``setup.world_size`` simulated
     GPUs; the last step's peak is the steady state (optimizer state exists, gradients freed by
@@ -343,7 +344,8 @@ def simulate_step(
 
     ``real_cpu``: the same step for real on the CPU (one process, ``setup.strategy`` single, real
     weights), under the same tracker; ``fake_device="cpu"``: simulated on fake CPU tensors. Both are
-    the simulator's own checks (``benchmarks/plan_validation.py``).
+    the simulator's own checks (``benchmarks/plan_validation.py``), which also wraps each decoder
+    layer with ``wrap_layer`` (a peer's activation-checkpointing policy) before sharding.
 
     Raises:
         PlanStepError: the step failed, naming the project line (device mismatch, dtype error...).
@@ -382,6 +384,12 @@ def simulate_step(
         if setup.precision.endswith("true") and low is not None:
             module.model.to(low)
         counter, handles = _count_forwards(module.model)  # before sharding renames the classes
+        if wrap_layer is not None:
+            layers = set(decoder_layers(module.model))
+            for parent in list(module.model.modules()):
+                for name, child in list(parent.named_children()):
+                    if child in layers:
+                        setattr(parent, name, wrap_layer(child))
         module._trainer = SimpleNamespace(  # what configure_model / configure_optimizers read
             precision=setup.precision, model=module.model, estimated_stepping_batches=1000
         )
