@@ -115,8 +115,11 @@ def torchtitan_selective_checkpointing(layer: torch.nn.Module) -> torch.nn.Modul
     """torchtitan's per-op selective activation checkpointing (``activation_checkpoint.py``, the
     policy of its December 2024 benchmark): the outputs of matmuls, attention kernels,
     reduce-scatters and ``max`` are saved, except every second matmul; everything else is recomputed."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    from prefalign.planning.torch_private import get
+
+    checkpoint_wrapper = get("checkpoint_wrapper")
 
     aten = torch.ops.aten
     save = {

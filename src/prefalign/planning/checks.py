@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import prefalign
 from prefalign.planning import torch_private
@@ -128,7 +127,7 @@ def located_error(err: BaseException, what: str) -> PlanStepError:
     return PlanStepError(f"{what}: {kind} at {location}{via_text}: {message}")
 
 
-class StepWatch(TorchDispatchMode):
+class StepWatch(torch_private.get("TorchDispatchMode")):
     """Records host syncs and dtype mixes of the ops it sees (see the module docstring); entered
     inside the fake mode so it sees every op first."""
 

@@ -276,17 +276,15 @@ def _shard(module, setup: Setup, mesh) -> None:
         return
     model = module.model
     if setup.strategy_checkpointing:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-            CheckpointImpl,
-            apply_activation_checkpointing,
-            checkpoint_wrapper,
-        )
+        checkpoint_impl = torch_private.get("CheckpointImpl")
+        apply_activation_checkpointing = torch_private.get("apply_activation_checkpointing")
+        checkpoint_wrapper = torch_private.get("checkpoint_wrapper")
 
         classes = tuple({type(layer) for layer in decoder_layers(model)})
         apply_activation_checkpointing(
             model,
             checkpoint_wrapper_fn=functools.partial(
-                checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT
+                checkpoint_wrapper, checkpoint_impl=checkpoint_impl.NO_REENTRANT
             ),
             check_fn=lambda m: isinstance(m, classes),
         )

@@ -8,7 +8,8 @@ C++ (``fake_cuda.cpp``): ``c10::impl::FakeGuardImpl<CUDA>``, ``C10_REGISTER_GUAR
 ``at::CUDAHooksInterface`` and ``C10_REGISTER_TYPED_CLASS(CUDAHooksRegistry, "CUDAHooks", ...)``:
 checked by compiling and loading the shim (:mod:`prefalign.planning.shim`).
 
-Python, below. Also patched (public names, private behaviour relied on): ``torch.cuda``'s device,
+Python, below (also Lightning's private ``LightningModule._device_mesh`` / ``_trainer``, set by
+:mod:`prefalign.planning.simulate` as Lightning's strategies do). Also patched (public names, private behaviour relied on): ``torch.cuda``'s device,
 stream and event functions (:func:`prefalign.planning.fake_gpu.cuda_stubs`: FSDP2 calls them) and
 ``torch.nn.functional.scaled_dot_product_attention`` (routed to the flash / memory-efficient aten
 ops, whose fake implementations exist, :func:`prefalign.planning.fake_gpu.route_sdpa`).
@@ -30,6 +31,16 @@ PRIVATE_APIS = {
     "FSDPMemTracker": ("torch.distributed._tools.fsdp2_mem_tracker", "FSDPMemTracker"),
     "MemTracker": ("torch.distributed._tools.mem_tracker", "MemTracker"),
     "sharding_prop": ("torch.distributed.tensor", "_sharding_prop"),
+    "TorchDispatchMode": ("torch.utils._python_dispatch", "TorchDispatchMode"),
+    "checkpoint_wrapper": (
+        "torch.distributed.algorithms._checkpoint.checkpoint_wrapper",
+        "checkpoint_wrapper",
+    ),
+    "apply_activation_checkpointing": (
+        "torch.distributed.algorithms._checkpoint.checkpoint_wrapper",
+        "apply_activation_checkpointing",
+    ),
+    "CheckpointImpl": ("torch.distributed.algorithms._checkpoint.checkpoint_wrapper", "CheckpointImpl"),
     "scaled_dot_product_flash_attention": ("torch.ops.aten", "_scaled_dot_product_flash_attention"),
     "scaled_dot_product_efficient_attention": ("torch.ops.aten", "_scaled_dot_product_efficient_attention"),
 }
