@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -175,16 +176,20 @@ def resolve_setup(cfg: DictConfig, world_size: int | None = None, num_layers: in
 
 
 def _row(seq_len: int, vocab: int, seed: int) -> tuple[list[int], list[int]]:
-    """A full-length sequence: a one-token prompt, every other token a scored response token
-    (the worst case of the lean log-prob path)."""
-    ids = [(seed * 7919 + 13 * t) % (vocab - 1) + 1 for t in range(seq_len)]
+    """A full-length sequence: a one-token prompt (the same for every sequence), every other token
+    a scored response token: the worst case of the log-prob path, and of shared-prompt rows (almost
+    nothing shared: each row holds its sequences nearly whole)."""
+    ids = [1, *((seed * 7919 + 13 * t) % (vocab - 2) + 2 for t in range(1, seq_len))]
     return ids, [IGNORE_INDEX, *ids[1:]]
 
 
-def synthetic_batch(objective, data_cls: type, setup: Setup, vocab: int, pad_id: int) -> dict[str, Any]:
+def synthetic_batch(
+    objective, data_cls: type, setup: Setup, vocab: int, pad_id: int, share_prompts: bool = False
+) -> dict[str, Any]:
     """The collate output of ``setup.micro_batch`` full-length samples with every column the
     objective reads (scores, noise flags, precomputed reference log-probs) at neutral values,
-    through the data module's own collate function."""
+    through the data module's own collate function (``share_prompts``: preference data's
+    shared-prompt rows)."""
     columns = [c for c in objective.required_columns(precomputed_reference=True)]
     samples = []
     for i in range(setup.micro_batch):
@@ -203,7 +208,7 @@ def synthetic_batch(objective, data_cls: type, setup: Setup, vocab: int, pad_id:
                 sample[column] = -1.0
         samples.append(sample)
     if issubclass(data_cls, PreferenceDataModule):
-        return collate_sequences(samples, list(objective.sequences), pad_id)
+        return collate_sequences(samples, list(objective.sequences), pad_id, share_prompts=share_prompts)
     return pad_collate(samples, pad_id)
 
 
@@ -229,8 +234,6 @@ def build_module(cfg: DictConfig, numbers: Mapping[str, Any], setup: Setup, devi
         raise ConfigError(
             "config key `reference.mode`: live reference models are not planned yet (use precomputed)"
         )
-    if OmegaConf.select(cfg, "data.share_prompts", default=False):
-        raise ConfigError("config key `data.share_prompts`: shared-prompt rows are not simulated yet")
     module_cls, data_kwargs, _ = objective_wiring(cfg, objective)
     attn = str(cfg.model.get("attn_implementation", "sdpa"))
     if attn == "flex_attention":
@@ -362,7 +365,14 @@ def simulate_step(
     module.log = lambda *args, **kwargs: None  # Lightning's logging is not part of the step
     vocab = int(numbers["vocab_size"])
     pad_id = int(numbers.get("pad_token_id") or numbers.get("eos_token_id") or 0)
-    batch_cpu = synthetic_batch(objective, data_cls, setup, vocab, pad_id)
+    share_prompts = issubclass(data_cls, PreferenceDataModule) and bool(
+        OmegaConf.select(
+            cfg,
+            "data.share_prompts",
+            default=inspect.signature(data_cls).parameters["share_prompts"].default,
+        )
+    )
+    batch_cpu = synthetic_batch(objective, data_cls, setup, vocab, pad_id, share_prompts)
     low = _mixed_dtype(setup.precision)
     autocast = (
         functools.partial(torch.autocast, device.type, dtype=low)
