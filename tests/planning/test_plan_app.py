@@ -44,6 +44,7 @@ def test_poft_table1_prints_the_per_gpu_table_and_writes_its_json(shim, tmp_path
     )  # ranks x micro-batch x length x accumulation
 
 
+@pytest.mark.slow  # four simulations
 def test_a_run_that_does_not_fit_gets_the_smallest_fix(shim, tmp_path):
     done = _plan(
         tmp_path,
@@ -63,6 +64,7 @@ def test_a_run_that_does_not_fit_gets_the_smallest_fix(shim, tmp_path):
     assert any(o.startswith("data.batch_size=") for o in fix["overrides"]) or "activation" in fix["change"]
 
 
+@pytest.mark.slow  # two plans; the sync detection itself is in test_simulator.py
 def test_a_host_sync_is_named_by_file_and_line_and_fails_with_fail_on_sync(shim, tmp_path):
     args = [*LAYER1, "objective=ce", "objective._target_=syncing_objective.SyncingCrossEntropy"]
     env = {"PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
