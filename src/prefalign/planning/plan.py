@@ -193,25 +193,27 @@ def _overrides_for(setup: Setup, base: Setup) -> list[str]:
 
 
 def candidate_fixes(setup: Setup) -> list[tuple[str, Setup]]:
-    """Changes that lower memory without changing the optimisation, smallest first: activation
-    checkpointing, then the micro-batch halved with accumulation doubled (same global batch), then
-    sharding (FSDP2) for DDP / single-device runs."""
+    """Changes that lower memory without changing the optimisation, smallest first, each adding to
+    the one before: activation checkpointing, then the micro-batch halved with accumulation doubled
+    (same global batch); separately, sharding (FSDP2) for DDP / single-device runs."""
     from dataclasses import replace
 
     candidates = []
-    current = setup
+    current, changes = setup, []
     if not current.checkpointing:
         current = (
             replace(current, strategy_checkpointing=True)
             if current.strategy == "fsdp"
             else replace(current, model_checkpointing=True)
         )
-        candidates.append(("activation checkpointing per decoder layer", current))
+        changes.append("activation checkpointing per decoder layer")
+        candidates.append((changes[0], current))
     micro, accumulate = current.micro_batch, current.accumulate
     while micro > 1 and micro % 2 == 0:
         micro, accumulate = micro // 2, accumulate * 2
         current = replace(current, micro_batch=micro, accumulate=accumulate)
-        candidates.append((f"micro-batch {micro} x {accumulate} accumulation (same global batch)", current))
+        step = f"micro-batch {micro} x {accumulate} accumulation (same global batch)"
+        candidates.append((" + ".join([*changes, step]), current))
     if setup.strategy in ("ddp", "single") and setup.world_size > 1:
         candidates.append(("FSDP2 sharding", replace(setup, strategy="fsdp2", reshard_after_forward=True)))
     return candidates
