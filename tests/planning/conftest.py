@@ -16,9 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def shim():
-    """The built shim's path; the tests skip with the reason where it cannot be built."""
+    """The built shim's path (``"cuda build"`` on a CUDA build with a GPU, which needs none); the tests
+    skip with the reason where the simulator cannot run."""
     from prefalign.planning import shim as shim_module
 
+    _, cuda = shim_module.torch_build()
+    if cuda is not None:  # a CUDA build: its own hooks serve fake tensors where a GPU is visible
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda build"
+        pytest.skip(f"a CUDA {cuda} build of torch without a visible GPU cannot simulate CUDA")
     try:
         return shim_module.build()
     except shim_module.ShimUnavailable as err:

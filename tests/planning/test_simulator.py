@@ -11,8 +11,8 @@ from prefalign.planning import torch_private
 
 CHECKS = r"""
 import json, sys
-from prefalign.planning.shim import load_fake_cuda
-load_fake_cuda()
+from prefalign.planning.shim import prepare_simulated_cuda
+prepare_simulated_cuda()
 import torch
 from prefalign.planning import fake_gpu
 from prefalign.planning.checks import StepWatch, located_error
@@ -60,6 +60,15 @@ def test_a_missing_compiler_is_a_clear_reason(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(shim_module.ShimUnavailable, match="no C\\+\\+ compiler"):
         shim_module.check_supported()
+
+
+def test_a_cuda_build_without_a_gpu_stops_with_what_to_do(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(shim_module, "torch_build", lambda: ("2.13.0+cu130", "13.0"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(shim_module.ShimUnavailable, match="no visible GPU.*CPU build"):
+        shim_module.prepare_simulated_cuda()
 
 
 def test_the_shim_refuses_to_load_after_torch():

@@ -11,8 +11,10 @@ the torch version and the source's hash; later loads take milliseconds.
 Where the shim cannot work the functions raise :class:`ShimUnavailable` with what to do: no C++
 compiler, or a CUDA build of torch (whose own CUDA hooks are registered: with a visible GPU the
 simulator needs no shim; without one, on a login node, it cannot simulate CUDA):
-:func:`prepare_simulated_cuda` decides. The CUDA-build branches were not run: no CUDA build of
-torch or GPU was at hand when this was written.
+:func:`prepare_simulated_cuda` decides. Tried on torch 2.13.0+cu130 without a GPU (2026-12-06, a
+scratch venv): a fake CUDA tensor kills the process ("CUDA driver version is insufficient for CUDA
+runtime version", ``terminate called``), so the planner stops before with what to do. The CUDA
+build with a visible GPU has not been run.
 """
 
 from __future__ import annotations
@@ -165,8 +167,9 @@ def prepare_simulated_cuda(devices: int = 8) -> str:
 
     if not torch.cuda.is_available():
         raise ShimUnavailable(
-            f"torch {version} is a CUDA {cuda} build and this machine has no visible GPU: CUDA's own "
-            "hooks refuse fake CUDA devices, and the fake-CUDA shim cannot replace them in a CUDA build. "
+            f"torch {version} is a CUDA {cuda} build and this machine has no visible GPU: the CUDA "
+            "runtime aborts the process at the first (even fake) CUDA tensor, and the fake-CUDA shim "
+            "cannot replace a CUDA build's own hooks. "
             "Plan on a node with a GPU, or in a virtual environment with torch's CPU build: "
             f"`python -m venv plan-env && plan-env/bin/pip install torch=={version.split('+')[0]} "
             "--index-url https://download.pytorch.org/whl/cpu && plan-env/bin/pip install -e .` "
