@@ -1,7 +1,8 @@
 """Every paper experiment planned on simulated GPUs at its paper world size and model shape.
 
-Default suite (one child process, about a minute of CPU): every ``poft_*`` experiment and every SSO
-paper experiment's training config at one decoder layer (SSO at micro-batch 1 x 1024 tokens), and Llama-3-8B
+Default suite (one child process, about a minute of CPU): the ``poft_*`` experiments and the SSO
+paper experiments' training configs with distinct training steps at one decoder layer (SSO at
+micro-batch 1 x 1024 tokens), and Llama-3-8B
 (PoFT Table 1) at full depth: no device or dtype error, no host sync in the step, and the sharded
 state exactly what FSDP must hold. ``-m slow``: every one at full depth and its paper micro-batch,
 asserting that it fits the paper's GPU or that the plan names a fix that does.
@@ -30,6 +31,19 @@ POFT = [
 # poft_then_dpo starts from a first-stage PoFT model: planned on Mistral-7B's shape
 EXTRA = {"poft_then_dpo": ["model.name_or_path=mistralai/Mistral-7B-v0.1"]}
 SSO = ["sso_paper_base", "sso_table1", "sso_table2", "sso_table5", "sso_table6"]
+# The default suite plans one experiment per distinct training step (objective x data columns x
+# architecture); the others run the same step (table7 / table8 change only the aggregation of scores
+# computed before training, figure3_quality the dataset, sso_paper_base / sso_table2 the checkpoint
+# of the same architecture) and are planned by the slow tests, at full depth.
+POFT_DEFAULT = [
+    "poft_paper_base",
+    "poft_table1",
+    "poft_figure3_noise",
+    "poft_figure4",
+    "poft_figure5",
+    "poft_then_dpo",
+]
+SSO_DEFAULT = ["sso_table1", "sso_table5", "sso_table6"]
 # not planned: cpu_world_sso and smollm2_sharegpt are CPU studies (trainer=cpu, one process) whose
 # starting policies are folders the studies make, not paper GPU runs
 
@@ -57,9 +71,9 @@ FULL_DEPTH_8B = {
 
 @pytest.fixture(scope="module")
 def default_plans(shim, plan_batch, tmp_path_factory):
-    specs = [_poft_spec(n, 1) for n in POFT]
+    specs = [_poft_spec(n, 1) for n in POFT_DEFAULT]
     # SSO at micro-batch 1 of 1024-token sequences: the log-prob chunks' loop is most of its cost
-    specs += [_sso_spec(n, 1, ["data.batch_size=1", "data.max_length=1024"]) for n in SSO]
+    specs += [_sso_spec(n, 1, ["data.batch_size=1", "data.max_length=1024"]) for n in SSO_DEFAULT]
     specs.append(FULL_DEPTH_8B)
     results = plan_batch(specs, tmp_path_factory.mktemp("plans"))
     return {" ".join(r["overrides"]): r for r in results}
@@ -87,7 +101,7 @@ def _check_step(result: dict) -> dict:
     return plan
 
 
-@pytest.mark.parametrize("name", POFT)
+@pytest.mark.parametrize("name", POFT_DEFAULT)
 def test_poft_experiment_steps_cleanly_with_exact_sharded_state(default_plans, name):
     plan = _check_step(default_plans[" ".join(_poft_spec(name, 1)["overrides"])])
     assert plan["setup"]["strategy"] == "fsdp" and plan["setup"]["precision"] == "bf16-mixed"
@@ -96,7 +110,7 @@ def test_poft_experiment_steps_cleanly_with_exact_sharded_state(default_plans, n
     assert plan["per_rank_gib"]["optimizer"] == pytest.approx(2 * shard / 2**30, rel=0.01, abs=0.002)
 
 
-@pytest.mark.parametrize("name", SSO)
+@pytest.mark.parametrize("name", SSO_DEFAULT)
 def test_sso_training_config_steps_cleanly(default_plans, name):
     plan = _check_step(default_plans[" ".join(_sso_spec(name, 1)["overrides"])])
     assert plan["run"]["sequences_per_sample"] >= 2
