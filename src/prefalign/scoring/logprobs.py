@@ -304,7 +304,8 @@ def model_sequence_logprobs(
     # gathering the response positions with nonzero(), whose data-dependent shape makes the GPU wait
     # for the host every step (found by prefalign-plan). The price is the head's FLOPs on prompt
     # positions (about 2% of a 7B model's per-token FLOPs with a 32k vocabulary, 7% with 128k,
-    # times the prompt share). Zeros added in order leave the CPU sums bit-identical.
+    # times the prompt share). The zeros added in order leave the sums as they were (bit for bit in
+    # tests/scoring/test_logprobs.py; chunks of other sizes may round the head's matmul differently).
     batch, positions = targets.shape
     logps = hidden_logprobs(
         hidden[:, :-1].reshape(batch * positions, hidden.shape[-1]),
