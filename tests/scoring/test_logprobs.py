@@ -149,8 +149,9 @@ def test_lean_chunks_hold_a_bounded_number_of_positions(tiny_model_and_tokenizer
     model.zero_grad()
     with torch.no_grad():
         full = model_sequence_logprobs(model, input_ids, attention_mask, labels, lean=False)
-    # every response position projected once forward and once backward, at most 5 at a time
-    assert max(seen) == 5 and sum(seen) == 2 * int(full.count.sum())
+    # every position projected once forward and once backward (static shapes: the prompt positions
+    # too, zeroed after), at most 5 at a time
+    assert max(seen) == 5 and sum(seen) == 2 * input_ids.shape[0] * (input_ids.shape[1] - 1)
     _relative_close(lean.sum.detach(), full.sum)
 
 
@@ -270,3 +271,40 @@ def test_shared_prompt_rows_with_flex_attention_equal_separate_rows():
     assert type(shared_prompt_attention_mask(batch["segment_ids"], "flex_attention")).__name__ == "BlockMask"
     assert torch.equal(scores["flex_attention"].count, scores["sdpa"].count)
     assert_close(scores["flex_attention"].sum, scores["sdpa"].sum, rtol=1e-5, atol=1e-4)
+
+
+def test_lean_logprobs_have_no_data_dependent_shape_and_match_the_gathered_values_bit_for_bit():
+    """model_sequence_logprobs scores every position and zeroes the prompt ones (no nonzero(): on a
+    GPU a host sync per step, found by prefalign-plan); on CPU its sums equal, bit for bit, those of
+    the response positions gathered with nonzero() as before."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prefalign.scoring.logprobs import _output_head, hidden_logprobs, last_hidden_states
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    input_ids = torch.randint(1, 97, (3, 11))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 8:] = 0
+    labels = input_ids.clone()
+    labels[:, :4] = IGNORE_INDEX
+    labels[1, :9] = IGNORE_INDEX
+    labels[2, 8:] = IGNORE_INDEX
+    got = model_sequence_logprobs(model, input_ids, attention_mask, labels, chunk_rows=1)
+    hidden = last_hidden_states(model, input_ids=input_ids, attention_mask=attention_mask)
+    head, _ = _output_head(model)
+    targets = labels[:, 1:]
+    rows, positions = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    logps = hidden_logprobs(hidden[rows, positions], targets[rows, positions], head, 11)
+    expected = torch.zeros(3).index_add(0, rows, logps)
+    assert torch.equal(got.sum, expected)
+    assert got.count.tolist() == [7, 2, 4]

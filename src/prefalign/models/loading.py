@@ -250,6 +250,18 @@ def load_causal_lm(
             model.config.pad_token_id = model.config.eos_token_id
     else:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    return prepare_causal_lm(model, gradient_checkpointing, lora, head)
+
+
+def prepare_causal_lm(
+    model: PreTrainedModel,
+    gradient_checkpointing: bool = False,
+    lora: Mapping[str, Any] | None = None,
+    head: str = "causal_lm",
+) -> PreTrainedModel:
+    """What :func:`load_causal_lm` does to a built model: activation checkpointing (non-reentrant)
+    and LoRA adapters (``lora``: peft ``LoraConfig`` arguments). Also used by the planner on models
+    built on the meta device (:mod:`prefalign.planning`)."""
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -18,6 +18,9 @@ from prefalign.core.names import NOISE
 from prefalign.models.loading import disable_dropout as disable_model_dropout
 from prefalign.objectives.base import ObjectiveOutput
 
+NOISE_COUNT = f"{NOISE}_count"
+"""Batch key: the number of noise samples, counted on the host before the batch moves to the GPU."""
+
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -101,19 +104,32 @@ class AlignmentModule(L.LightningModule):
         for name in getattr(self.objective, "distribution_metrics", ()):
             self.log(f"{stage}/{name}_std", output.metrics[name].float().std(unbiased=False), **options)
         if per_step and isinstance(batch.get(NOISE), torch.Tensor):  # no sync: ranks may differ
-            self._log_by_noise(stage, output, batch[NOISE].bool(), options)
+            noisy = batch.get(NOISE_COUNT)
+            if noisy is None:  # a batch that skipped on_before_batch_transfer: counted here (a host sync)
+                noisy = int(batch[NOISE].sum())
+            self._log_by_noise(stage, output, batch[NOISE].bool(), noisy, options)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the noise samples (``noise`` column) while the batch is still on the host, so the
+        per-subset logging of the step needs no host sync (prefalign-plan's check)."""
+        if isinstance(batch, dict) and isinstance(batch.get(NOISE), torch.Tensor):
+            batch[NOISE_COUNT] = int(batch[NOISE].sum())
+        return batch
 
     def _log_by_noise(
-        self, stage: str, output: ObjectiveOutput, noise: torch.Tensor, options: dict[str, Any]
+        self, stage: str, output: ObjectiveOutput, noise: torch.Tensor, noisy: int, options: dict[str, Any]
     ) -> None:
         """With a ``noise`` column (hand-crafted noise mixed in), the distribution metrics (τ, margin)
-        also as means over the clean and the noise samples: ``<stage>/<name>_clean``, ``..._noise``."""
-        for subset, mask in (("clean", ~noise), ("noise", noise)):
-            count = int(mask.sum())
+        also as means over the clean and the noise samples: ``<stage>/<name>_clean``, ``..._noise``.
+
+        ``noisy``: the number of noise samples, counted on the host; the means are masked sums (no
+        boolean indexing: its data-dependent shape would make the GPU wait for the host)."""
+        for subset, mask, count in (("clean", ~noise, len(noise) - noisy), ("noise", noise, noisy)):
             if count == 0:
                 continue
             for name in getattr(self.objective, "distribution_metrics", ()):
-                value = output.metrics[name].float()[mask.to(output.metrics[name].device)].mean()
+                metric = output.metrics[name].float()
+                value = torch.where(mask.to(metric.device), metric, 0.0).sum() / count
                 self.log(f"{stage}/{name}_{subset}", value, **{**options, "batch_size": count})
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class MultiSequenceModule(AlignmentModule):
             mask = shared_prompt_attention_mask(
                 batch["segment_ids"], model.config._attn_implementation, model.dtype
             )
-            # memory-lean log-probs: only response positions are projected to the vocabulary
+            # memory-lean log-probs: only the response positions are projected to the vocabulary
             return model_gathered_sequence_logprobs(
                 model,
                 batch["input_ids"],

@@ -53,7 +53,7 @@ class SingleSequenceModule(AlignmentModule):
         labels = batch["labels"]
         if self.objective.scored_tokens == "all":  # every non-pad token (the official PoFT code)
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-        # memory-lean log-probs: only response positions are projected to the vocabulary
+        # memory-lean log-probs: hidden states projected to the vocabulary a chunk at a time
         policy = model_sequence_logprobs(
             self.model, batch["input_ids"], batch["attention_mask"], labels, self.logprob_chunk_rows
         )

@@ -11,9 +11,11 @@ Two paths give the same values:
 - from logits (:func:`sequence_logprobs`, :func:`gathered_sequence_logprobs`): the model's full
   ``(B, T, V)`` logits, the reference;
 - memory-lean (:func:`model_sequence_logprobs`, :func:`model_gathered_sequence_logprobs`, the
-  default of training and scoring): the model's last hidden states, of which only the response
-  positions are projected to the vocabulary, a bounded chunk at a time, so no full-vocabulary
-  logits exist for every position (the idea of fused linear cross-entropy kernels). Peak memory
+  default of training and scoring): the model's last hidden states, projected to the vocabulary a
+  bounded chunk at a time, so no full-vocabulary logits exist for every position at once (the idea
+  of fused linear cross-entropy kernels). On padded rows every position is projected and the
+  non-response ones zeroed (static shapes, no host sync); shared-prompt rows project only the
+  indexed response positions. Peak memory
   then no longer grows with the vocabulary beyond the output matrix itself
   (``benchmarks/logprob_memory.py``).
 """
@@ -284,11 +286,12 @@ def model_sequence_logprobs(
     Args:
         model: a causal LM (transformers, optionally peft-wrapped).
         labels: ``(B, T)`` as for :func:`sequence_logprobs`.
-        chunk_rows: chunk size in sequences' worth of tokens (``chunk_rows * T`` response tokens per
+        chunk_rows: chunk size in sequences' worth of tokens (``chunk_rows * T`` positions per
             chunk on the lean path, ``chunk_rows`` rows on the full-logits path); ``None``: the lean
             path's :data:`LOGIT_CHUNK_ELEMENTS` budget, the full path's whole batch.
-        lean: ``True`` (default): only the response positions' hidden states are projected to the
-            vocabulary, in chunks; ``False``: the reference path over the model's full logits.
+        lean: ``True`` (default): the hidden states are projected to the vocabulary in chunks, every
+            position (static shapes), the non-response ones zeroed; ``False``: the reference path
+            over the model's full logits.
     """
     if not lean:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
@@ -296,15 +299,25 @@ def model_sequence_logprobs(
     hidden = last_hidden_states(model, input_ids=input_ids, attention_mask=attention_mask)
     head, softcap = _output_head(model)
     targets = labels[:, 1:]
-    rows, positions = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    mask = targets != IGNORE_INDEX
+    # Static shapes: every position is projected and the non-response ones are zeroed, rather than
+    # gathering the response positions with nonzero(), whose data-dependent shape makes the GPU wait
+    # for the host every step (found by prefalign-plan). The price is the head's FLOPs on prompt
+    # positions (about 2% of a 7B model's per-token FLOPs with a 32k vocabulary, 7% with 128k,
+    # times the prompt share). The zeros added in order leave the sums as they were (bit for bit in
+    # tests/scoring/test_logprobs.py; chunks of other sizes may round the head's matmul differently).
+    batch, positions = targets.shape
     logps = hidden_logprobs(
-        hidden[rows, positions],
-        targets[rows, positions],
+        hidden[:, :-1].reshape(batch * positions, hidden.shape[-1]),
+        targets.masked_fill(~mask, 0).reshape(-1),
         head,
         None if chunk_rows is None else chunk_rows * input_ids.shape[1],
         softcap,
     )
-    return _per_sequence(logps, rows, input_ids.shape[0], hidden.device)
+    logps = torch.where(mask.reshape(-1), logps, 0.0)
+    rows = torch.arange(batch, device=hidden.device).repeat_interleave(positions)
+    sums = torch.zeros(batch, dtype=torch.float32, device=hidden.device).index_add(0, rows, logps)
+    return SequenceLogProbs(sum=sums, count=mask.sum(-1))
 
 
 def model_gathered_sequence_logprobs(
