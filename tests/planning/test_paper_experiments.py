@@ -1,8 +1,8 @@
 """Every paper experiment planned on simulated GPUs at its paper world size and model shape.
 
 Default suite (one child process, about a minute of CPU): the ``poft_*`` experiments and the SSO
-paper experiments' training configs with distinct training steps at one decoder layer (SSO at
-micro-batch 1 x 1024 tokens), and Llama-3-8B
+paper experiments' training configs with distinct training steps at one decoder layer (PoFT at
+micro-batch 1, SSO at micro-batch 1 x 1024 tokens), and Llama-3-8B
 (PoFT Table 1) at full depth: no device or dtype error, no host sync in the step, and the sharded
 state exactly what FSDP must hold. ``-m slow``: every one at full depth and its paper micro-batch,
 asserting that it fits the paper's GPU or that the plan names a fix that does.
@@ -44,12 +44,13 @@ POFT_DEFAULT = [
     "poft_then_dpo",
 ]
 SSO_DEFAULT = ["sso_table1", "sso_table5", "sso_table6"]
+POFT_DEFAULT_EXTRA = ["data.batch_size=1"]
 # not planned: cpu_world_sso and smollm2_sharegpt are CPU studies (trainer=cpu, one process) whose
 # starting policies are folders the studies make, not paper GPU runs
 
 
-def _poft_spec(name: str, depth: int | None, gpu: str = "a100_80gb") -> dict:
-    overrides = [f"experiment={name}", *EXTRA.get(name, [])]
+def _poft_spec(name: str, depth: int | None, gpu: str = "a100_80gb", extra: list[str] | None = None) -> dict:
+    overrides = [f"experiment={name}", *EXTRA.get(name, []), *(extra or [])]
     return {"overrides": overrides, "plan": {"gpu": gpu, "fix": depth is None}, "depths": [depth]}
 
 
@@ -71,7 +72,9 @@ FULL_DEPTH_8B = {
 
 @pytest.fixture(scope="module")
 def default_plans(shim, plan_batch, tmp_path_factory):
-    specs = [_poft_spec(n, 1) for n in POFT_DEFAULT]
+    # PoFT at micro-batch 1 (still two micro-batches of gradient accumulation): the step's wiring,
+    # not its size, is what the default suite checks
+    specs = [_poft_spec(n, 1, extra=POFT_DEFAULT_EXTRA) for n in POFT_DEFAULT]
     # SSO at micro-batch 1 of 1024-token sequences: the log-prob chunks' loop is most of its cost
     specs += [_sso_spec(n, 1, ["data.batch_size=1", "data.max_length=1024"]) for n in SSO_DEFAULT]
     specs.append(FULL_DEPTH_8B)
@@ -103,7 +106,7 @@ def _check_step(result: dict) -> dict:
 
 @pytest.mark.parametrize("name", POFT_DEFAULT)
 def test_poft_experiment_steps_cleanly_with_exact_sharded_state(default_plans, name):
-    plan = _check_step(default_plans[" ".join(_poft_spec(name, 1)["overrides"])])
+    plan = _check_step(default_plans[" ".join(_poft_spec(name, 1, extra=POFT_DEFAULT_EXTRA)["overrides"])])
     assert plan["setup"]["strategy"] == "fsdp" and plan["setup"]["precision"] == "bf16-mixed"
     shard = _expected_shard_bytes(plan["run"]["architecture"], 1, 8, 2)  # bf16 weights (model.dtype)
     # AdamW: two moments per sharded parameter, in the parameters' dtype
@@ -126,6 +129,9 @@ def test_llama3_8b_full_depth_fits_eight_a100s(default_plans):
     assert plan["per_rank_gib"]["optimizer"] == pytest.approx(2 * shard / 2**30, rel=0.01)
     assert plan["fits"] and plan["per_rank_gib"]["peak"] < 40
     assert plan["decoder_layer_forwards_per_step"] == 2  # forward + one recomputation
+    # accumulation 2: the second micro-batch runs while the first one's sharded gradients are held
+    assert plan["setup"]["accumulate"] == 2
+    assert plan["per_rank_gib"]["grads"] == pytest.approx(shard / 2**30, rel=0.02)
 
 
 @pytest.mark.slow

@@ -361,7 +361,7 @@ def format_plan(plan: Plan) -> str:
             f"run: {t['train_samples']:,} samples x {t['epochs']} epoch(s) = {t['steps']:,} steps -> "
             f"{t['gpu_hours']:,} GPU-hours ({t['wall_hours']} h wall), every sample at full length (upper bound)"
         )
-    lines.append(f"decoder-layer forwards per step: {m.layer_forwards} (1 + recomputation)")
+    lines.append(f"decoder-layer forwards per micro-batch: {m.layer_forwards} (1 + recomputation)")
     syncs = plan.host_syncs
     lines.append(f"host syncs in the step: {len(syncs)}" + ("" if syncs else " | device / dtype errors: 0"))
     for finding in m.findings:

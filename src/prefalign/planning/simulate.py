@@ -425,9 +425,14 @@ def simulate_step(
                     else:
                         batch = _to_device(batch, device, fake_mode)
                     batch = module.on_after_batch_transfer(batch, 0)
-                    with autocast():
-                        loss = module.training_step(batch, 0)["loss"]
-                    (loss / setup.accumulate).backward()
+                    # with gradient accumulation, a second micro-batch runs while the first one's
+                    # gradients are held: its peak is the steady state's (later ones repeat it)
+                    for micro in range(min(setup.accumulate, 2)):
+                        if micro:  # the tracker takes one forward per module at a time; its peak stays
+                            tracker.reset_mod_stats()
+                        with autocast():
+                            loss = module.training_step(batch, 0)["loss"]
+                        (loss / setup.accumulate).backward()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             except PlanStepError:
@@ -446,6 +451,6 @@ def simulate_step(
         by_category=columns,
         peak=total,
         first_step_peak=peaks[0][1],
-        layer_forwards=counter[0],
+        layer_forwards=counter[0] // min(setup.accumulate, 2),  # per micro-batch
         findings=watch.findings,
     )
