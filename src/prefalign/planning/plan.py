@@ -233,7 +233,7 @@ def precision_notes(cfg: DictConfig, setup: Setup) -> list[str]:
     if setup.strategy_checkpointing and setup.model_checkpointing:
         notes.append(
             "activation checkpointing is on twice (the FSDP strategy's and model.gradient_checkpointing); "
-            "the decoder-layer forwards per step are counted in the plan"
+            "the decoder-layer forwards per micro-batch are counted in the plan"
         )
     attn = str(cfg.model.get("attn_implementation", "sdpa"))
     if attn in ("flash_attention_2", "sdpa"):
