@@ -30,6 +30,7 @@ from prefalign.models.loading import DTYPES, prepare_causal_lm
 from prefalign.planning import fake_gpu, torch_private
 from prefalign.planning.checks import Finding, PlanStepError, StepWatch, located_error
 from prefalign.planning.models import build_config
+from prefalign.training.run import build_module as build_training_module
 from prefalign.training.run import objective_wiring
 
 GIB = 2**30
@@ -234,7 +235,7 @@ def build_module(cfg: DictConfig, numbers: Mapping[str, Any], setup: Setup, devi
         raise ConfigError(
             "config key `reference.mode`: live reference models are not planned yet (use precomputed)"
         )
-    module_cls, data_kwargs, _ = objective_wiring(cfg, objective)
+    module_cls, data_kwargs, module_kwargs = objective_wiring(cfg, objective)
     attn = str(cfg.model.get("attn_implementation", "sdpa"))
     if attn == "flex_attention":
         raise ConfigError("config key `model.attn_implementation`: flex_attention is not simulated")
@@ -245,16 +246,7 @@ def build_module(cfg: DictConfig, numbers: Mapping[str, Any], setup: Setup, devi
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=implementation)
     model = prepare_causal_lm(model, setup.model_checkpointing, cfg.model.get("lora"))
-    module_cfg = {
-        k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "_target_"
-    }
-    module = module_cls(
-        model=model,
-        objective=objective,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-        **module_cfg,
-    )
+    module = build_training_module(cfg, module_cls, model, objective, **module_kwargs)
     from hydra.utils import get_class
 
     return module, objective, get_class(cfg.data._target_)

@@ -217,10 +217,18 @@ def build_module_and_data(cfg: DictConfig, objective: Any) -> tuple[L.LightningM
         aligned=OmegaConf.to_container(cfg.aligned, resolve=True) if cfg.get("aligned") else None,
         reference=OmegaConf.to_container(cfg.reference, resolve=True) if cfg.get("reference") else None,
     )
+    return build_module(cfg, module_cls, model, objective, **module_kwargs), datamodule
+
+
+def build_module(
+    cfg: DictConfig, module_cls: type, model: Any, objective: Objective, **module_kwargs: Any
+) -> L.LightningModule:
+    """The objective's LightningModule around ``model``, with the config's optimizer, scheduler and
+    ``module`` settings (the one way training and ``prefalign-plan`` build it)."""
     module_cfg = {
         k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "_target_"
     }
-    module = module_cls(
+    return module_cls(
         model=model,
         objective=objective,
         optimizer=instantiate(cfg.optimizer),
@@ -228,7 +236,6 @@ def build_module_and_data(cfg: DictConfig, objective: Any) -> tuple[L.LightningM
         **module_cfg,
         **module_kwargs,
     )
-    return module, datamodule
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
