@@ -8,7 +8,7 @@ Score caches are keyed by the member's content, not its name (:mod:`prefalign.sc
   1 MiB) and, of each larger file, its safetensors header (tensor names, shapes, offsets) and
   ``SAMPLES`` blocks of ``SAMPLE_BYTES`` bytes spread evenly over it. Weights replaced in place
   change the sizes, times or sampled bytes; the cost is a few milliseconds whatever the model's
-  size (``benchmarks/fingerprint_cost.py``);
+  size (``benchmarks/fault_checks.py``);
 - a **hub** model: the commit its revision resolves to (from the local Hugging Face cache, else
   asked of the hub; ``None`` when neither answers, offline and not downloaded).
 """

@@ -1,6 +1,6 @@
 """Every private torch API the planner touches, in one place, with the torch versions it was
 checked on. :func:`check` imports each and fails loudly, naming the API, when an upgrade moved or
-changed one (``tests/planning/test_torch_private.py`` runs it).
+changed one (``tests/planning/test_simulator.py`` runs it).
 
 The planner imports these names from here only.
 
