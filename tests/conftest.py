@@ -17,9 +17,56 @@ from skip_reasons import (
 
 from prefalign.models.chat_templates import TEMPLATES
 
+pytest_plugins = ["app_artefacts"]  # the session's artefacts made by the apps (``artefacts``)
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- Parallel runs: pytest-xdist (`-n auto --dist loadgroup` in pyproject.toml; `-n 0` runs the
+# suite in one process, e.g. under a debugger). Each worker gets its share of the cores as threads
+# (inherited by the apps and ranks a test starts); a file's tests run in one worker (its module
+# fixtures are built once), and so do all the tests that use one expensive session fixture.
+MAX_WORKERS = 4  # each worker collects the suite and builds the session's tiny models again
+SHARED_FIXTURES = ("artefacts", "shim")  # tests/app_artefacts.py, tests/planning/conftest.py
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch is imported: its thread pool reads this
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, _usable_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per usable core, at most :data:`MAX_WORKERS`."""
+    return min(_usable_cores(), MAX_WORKERS)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` with a file as the default group (xdist's would send each test alone)."""
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FileOrGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # an ``xdist_group`` (see below)
+                return nodeid.rsplit("@", 1)[1]
+            return nodeid.split("::", 1)[0]
+
+    return FileOrGroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the marks into node-id suffixes
+def pytest_collection_modifyitems(config, items):
+    """Put every test that uses a :data:`SHARED_FIXTURES` fixture in that fixture's group."""
+    for item in items:
+        shared = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
-"""prefalign-score followed by prefalign-train objective=poft, from the command line."""
+"""prefalign-score followed by prefalign-train objective=poft, from the command line.
+
+The first score run and the PoFT run are the session's (``artefacts``, tests/app_artefacts.py):
+this file reruns the score command on their cache and sweeps the aggregation over it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import csv
 import pytest
 from omegaconf import OmegaConf
 
-DATA = ["data.train.limit=48", "data.val.limit=16", "data.batch_size=8"]
+from prefalign.scoring.cache import ScoreCacheError
+from prefalign.training.run import train
 
 
 @pytest.fixture
@@ -22,37 +27,11 @@ def run_ok(run_app):
     return run
 
 
-@pytest.fixture
-def scored(tmp_path, run_ok):
-    scores = tmp_path / "scores"
-    out = run_ok("prefalign.apps.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path)
-    return scores, out
-
-
-def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, scored, run_ok):
-    scores, first = scored
-    assert (first.stdout + first.stderr).count("cache_hit=False") == 4  # 2 members x (train, val)
-    again = run_ok("prefalign.apps.score", [*DATA, f"aligned.cache_dir={scores}"], tmp_path)
+def test_score_reruns_hit_the_cache_and_poft_logs_its_metrics(artefacts, run_ok, tmp_path):
+    assert artefacts.output("score").count("cache_hit=False") == 4  # 2 members x (train, val)
+    again = run_ok("prefalign.apps.score", artefacts.score_overrides, tmp_path)
     assert (again.stdout + again.stderr).count("cache_hit=True") == 4
-
-    common = [
-        *DATA,
-        f"aligned.cache_dir={scores}",
-        "objective=poft",
-        "trainer.max_steps=3",
-        "trainer.log_every_n_steps=1",
-        "callbacks.progress_bar=null",
-    ]
-    run_ok(
-        "prefalign.apps.train",
-        [*common, "hydra.run.dir=poft", "callbacks.metric_histograms.every_n_steps=1"],
-        tmp_path,
-    )
-    # the W&B offline run holds the tau histograms (history rows are JSON inside the .wandb file)
-    (run_file,) = (tmp_path / "poft" / "wandb").glob("offline-run-*/run-*.wandb")
-    content = run_file.read_bytes()
-    assert b"train/tau_hist" in content and b"histogram" in content
-    with (tmp_path / "poft" / "csv" / "metrics.csv").open() as f:
+    with (artefacts.run("poft") / "csv" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     for key in (
         "train/loss",
@@ -65,13 +44,20 @@ def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, scored, r
     ):
         assert any(r.get(key) for r in rows), key
 
-    run_ok(
-        "prefalign.apps.train",
-        ["-m", "aligned.aggregation=avg,min,max", *common, "logger=csv"],
-        tmp_path,
-    )
+
+def test_a_sweep_over_aggregations_trains_one_run_each_from_one_score_cache(artefacts, run_ok, tmp_path):
+    sweep = [
+        *artefacts.score_overrides,
+        "data.batch_size=8",
+        "objective=poft",
+        "trainer.max_steps=3",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress_bar=null",
+        "logger=csv",
+    ]
+    run_ok("prefalign.apps.train", ["-m", "aligned.aggregation=avg,min,max", *sweep], tmp_path)
     runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/[0-9]"))
-    assert len(runs) == 3
+    assert [r.name for r in runs] == ["0", "1", "2"]
     assert {OmegaConf.load(r / ".hydra" / "config.yaml").aligned.aggregation for r in runs} == {
         "avg",
         "min",
@@ -79,14 +65,13 @@ def test_score_then_train_poft_and_a_sweep_over_aggregations(tmp_path, scored, r
     }
     r_agg = set()
     for run in runs:
+        assert (run / "checkpoints" / "last.ckpt").exists()
         with (run / "csv" / "metrics.csv").open() as f:
             r_agg.add(next(r["train/r_agg"] for r in csv.DictReader(f) if r.get("train/r_agg")))
     assert len(r_agg) == 3  # three different aggregated scores
 
 
-def test_poft_without_cached_scores_fails_with_the_command_to_run(tmp_path, run_app):
-    result = run_app(
-        "prefalign.apps.train", [*DATA, f"aligned.cache_dir={tmp_path / 'empty'}", "objective=poft"], tmp_path
-    )
-    assert result.returncode != 0
-    assert "prefalign-score" in result.stdout + result.stderr
+def test_poft_without_cached_scores_fails_with_the_command_to_run(compose_train, tmp_path):
+    cfg = compose_train(["objective=poft", f"aligned.cache_dir={tmp_path / 'empty'}"])
+    with pytest.raises(ScoreCacheError, match="prefalign-score"):
+        train(cfg)

@@ -1,4 +1,5 @@
-"""End-to-end training: checkpoints every epoch, exact resume, loggers, multirun, config errors."""
+"""End-to-end training: checkpoints every epoch, exact resume, loggers, config errors (a multirun
+sweep: tests/training/test_poft_cli.py and, with two ranks a job, test_multirun_ddp.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 from prefalign.core.errors import ConfigError
 from prefalign.training.callbacks import WANDB_RUN_ID_KEY
@@ -104,32 +105,6 @@ def test_bad_config_values_fail_at_start_up_naming_the_key(compose_train, overri
             cfg.trainer.accelerator = "cpu"
     with pytest.raises(ConfigError, match=message):
         train(cfg)
-
-
-def test_multirun_over_two_learning_rates_produces_two_runs(tmp_path, session_cache, run_app):
-    result = run_app(
-        "prefalign.apps.train",
-        [
-            "-m",
-            "optimizer.lr=1e-3,3e-3",
-            "trainer.max_steps=2",
-            *FAST_CLI,
-            f"paths.cache_dir={session_cache}",
-        ],
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/[0-9]"))
-    assert [r.name for r in runs] == ["0", "1"]
-    lrs = set()
-    for run in runs:
-        assert (run / "checkpoints" / "last.ckpt").exists()
-        assert (run / "csv" / "metrics.csv").exists()
-        lrs.add(OmegaConf.load(run / ".hydra" / "config.yaml").optimizer.lr)
-    assert lrs == {1e-3, 3e-3}
-
-
-FAST_CLI = ["data.train.limit=48", "data.val.limit=16", "data.batch_size=8", "callbacks.progress_bar=null"]
 
 
 def test_default_callbacks_guard_against_non_finite_values_and_write_checkpoints_atomically(compose_train):

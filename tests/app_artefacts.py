@@ -1,4 +1,5 @@
-"""Small artefacts made once per session with the project's own apps, at tiny size.
+"""Small artefacts made once per session with the project's own apps, at tiny size (a pytest plugin
+of tests/conftest.py; every test using ``artefacts`` runs in one xdist worker).
 
 ``artefacts`` runs, under one folder (``PREFALIGN_ROOT``), W&B offline:
 
@@ -10,7 +11,8 @@
 - ``prefalign-sso`` with two iterations of 4 prompts, 8 new tokens and the tiny LLM judge, into
   ``logs/sso/default``.
 
-The notebooks and the W&B tests read them.
+The notebooks, the analysis and W&B tests and the PoFT command-line test read them; each app's
+output is in ``<root>/<name>.log``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class Artefacts:
     root: Path
     score_overrides: list[str]
 
+    def output(self, name: str) -> str:
+        """What the app that made ``name`` (``score``, ``ce``, ``poft`` or ``sso``) printed."""
+        return (self.root / f"{name}.log").read_text(encoding="utf-8")
+
     @property
     def logs(self) -> Path:
         return self.root / "logs"
@@ -60,8 +66,9 @@ class Artefacts:
         return self.logs / "sso" / "default"
 
 
-def _start(module: str, args: list[str], root: Path, cache: str) -> tuple[str, subprocess.Popen]:
-    """Start an app; one thread each, as up to three run side by side on small machines."""
+def _start(name: str, module: str, args: list[str], root: Path, cache: str) -> tuple[str, subprocess.Popen]:
+    """Start an app, its output to ``<root>/<name>.log``; one thread each, as up to three run side
+    by side on small machines."""
     env = {
         **os.environ,
         "WANDB_MODE": "offline",
@@ -69,21 +76,17 @@ def _start(module: str, args: list[str], root: Path, cache: str) -> tuple[str, s
         "PREFALIGN_CACHE": cache,
         "OMP_NUM_THREADS": "1",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return f"{module} {args}", process
+    with (root / f"{name}.log").open("w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    return name, process
 
 
-def _wait(*started: tuple[str, subprocess.Popen]) -> None:
-    for command, process in started:
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, f"{command}\n{stderr[-4000:]}"
+def _wait(root: Path, *started: tuple[str, subprocess.Popen]) -> None:
+    for name, process in started:
+        process.wait(timeout=600)
+        assert process.returncode == 0, (root / f"{name}.log").read_text(encoding="utf-8")[-4000:]
 
 
 @pytest.fixture(scope="session")
@@ -111,16 +114,21 @@ def artefacts(tmp_path_factory, session_cache) -> Artefacts:
     ]
     # score, CE and SSO side by side (tiny models are written to the cache atomically); PoFT after score
     score = _start(
-        "prefalign.apps.score", [*score_overrides, "trainer.enable_progress_bar=false"], root, session_cache
+        "score",
+        "prefalign.apps.score",
+        [*score_overrides, "trainer.enable_progress_bar=false"],
+        root,
+        session_cache,
     )
     ce = _start(
+        "ce",
         "prefalign.apps.train",
         [*common, "objective=ce", "logger=csv", "hydra.run.dir=logs/train/runs/ce"],
         root,
         session_cache,
     )
-    sso = _start("prefalign.apps.sso", sso_args, root, session_cache)
-    _wait(score)
+    sso = _start("sso", "prefalign.apps.sso", sso_args, root, session_cache)
+    _wait(root, score)
     poft = [
         *common,
         "objective=poft",
@@ -130,5 +138,5 @@ def artefacts(tmp_path_factory, session_cache) -> Artefacts:
         "tags=[dev,notebooks]",
         "hydra.run.dir=logs/train/runs/poft",
     ]
-    _wait(_start("prefalign.apps.train", poft, root, session_cache), ce, sso)
+    _wait(root, _start("poft", "prefalign.apps.train", poft, root, session_cache), ce, sso)
     return Artefacts(root=root, score_overrides=score_overrides)
