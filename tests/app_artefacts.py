@@ -5,7 +5,7 @@ of tests/conftest.py; every test using ``artefacts`` runs in one xdist worker).
 
 - ``prefalign-score`` of the bundled tiny chats (48 train + 16 noise samples, 16 val) with the
   tiny two-member ensemble, into ``scores/``;
-- ``prefalign-train objective=ce`` (CSV only) and ``objective=poft`` (W&B offline + CSV, τ / margin
+- ``prefalign-train objective=ce`` (CSV only, exported to ``hf/``) and ``objective=poft`` (W&B offline + CSV, τ / margin
   histograms and the sample table every 2 batches), two epochs each, into
   ``logs/train/runs/{ce,poft}``;
 - ``prefalign-sso`` with two iterations of 4 prompts, 8 new tokens and the tiny LLM judge, into
@@ -99,7 +99,6 @@ def artefacts(tmp_path_factory, session_cache) -> Artefacts:
         "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar=null",
-        "callbacks.hf_export=null",
         "optimizer.lr=3e-3",
     ]
     sso_args = [
@@ -132,6 +131,7 @@ def artefacts(tmp_path_factory, session_cache) -> Artefacts:
     poft = [
         *common,
         "objective=poft",
+        "callbacks.hf_export=null",
         "callbacks.metric_histograms.every_n_steps=2",
         "callbacks.sample_table.every_n_steps=2",
         "callbacks.sample_table.max_rows=6",

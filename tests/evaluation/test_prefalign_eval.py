@@ -1,5 +1,6 @@
-"""prefalign-eval end to end: a tiny two-epoch run, each epoch checkpoint evaluated with a local
-lm-eval task, the Last / Avg / Std table equal to lm-eval's own per-epoch results."""
+"""prefalign-eval end to end: the session's tiny two-epoch CE run (tests/app_artefacts.py), each
+epoch checkpoint evaluated with a local lm-eval task, the Last / Avg / Std table equal to lm-eval's
+own per-epoch results."""
 
 from __future__ import annotations
 
@@ -43,27 +44,13 @@ def write_local_tasks(folder: Path) -> Path:
     return folder
 
 
-def test_eval_of_each_epoch_checkpoint_prints_last_avg_std_of_lm_eval_scores(tmp_path, run_app):
-    train = run_app(
-        "prefalign.apps.train",
-        [
-            "experiment=tiny_ce",
-            "trainer.max_epochs=2",
-            "data.train.limit=16",
-            "data.val.limit=8",
-            "logger=csv",
-            "callbacks.progress_bar=null",
-            "hydra.run.dir=run",
-        ],
-        tmp_path,
-        OMP_NUM_THREADS="1",
-    )
-    assert train.returncode == 0, train.stderr[-4000:]
+def test_eval_of_each_epoch_checkpoint_prints_last_avg_std_of_lm_eval_scores(artefacts, tmp_path, run_app):
+    run = artefacts.run("ce")  # two epochs of prefalign-train objective=ce, exported (tests/app_artefacts.py)
     tasks = write_local_tasks(tmp_path / "tasks")
     evaluated = run_app(
         "prefalign.apps.evaluate",
         [
-            "run_dir=run",
+            f"run_dir={run}",
             f"lm_eval.include_path=[{tasks}]",
             "lm_eval.bootstrap_iters=0",
             "~tasks",
@@ -79,8 +66,8 @@ def test_eval_of_each_epoch_checkpoint_prints_last_avg_std_of_lm_eval_scores(tmp
     summary = json.loads((out / "summary.json").read_text())
     assert summary["summary_epochs"] == [2]
     assert summary["checkpoints"] == {
-        "1": str(tmp_path / "run" / "checkpoints" / "epoch_000.ckpt"),
-        "2": str(tmp_path / "run" / "checkpoints" / "epoch_001.ckpt"),
+        "1": str(run / "checkpoints" / "epoch_000.ckpt"),
+        "2": str(run / "checkpoints" / "epoch_001.ckpt"),
     }
     # every score is lm-eval's own result for that epoch's checkpoint, in percent
     for epoch in ("1", "2"):
@@ -114,7 +101,6 @@ def test_eval_of_each_epoch_checkpoint_prints_last_avg_std_of_lm_eval_scores(tmp
     assert (out / "summary.md").read_text().strip() in printed
 
     # the last epoch's checkpoint loads to exactly the weights the run exported at the end of fit
-    run = tmp_path / "run"
     model, _ = load_model_and_tokenizer(run_model_config(load_run_config(run), "float32"))
     exported = load_file(run / "hf" / "model.safetensors")
     load_checkpoint_weights(model, run / "checkpoints" / "epoch_001.ckpt")
