@@ -100,11 +100,23 @@ def make_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_and_tokenizer():
-    """A tiny random Llama with the ChatML offline tokenizer (in memory)."""
+def _session_tiny_model_and_tokenizer():
     from prefalign.models.loading import TinySpec, build_tiny_model
 
     return build_tiny_model(TinySpec())
+
+
+@pytest.fixture
+def tiny_model_and_tokenizer(_session_tiny_model_and_tokenizer):
+    """A tiny random Llama with the ChatML offline tokenizer (in memory), shared by the session: a
+    test that leaves it frozen or in eval mode fails (pass a copy as a frozen reference model)."""
+    model, tokenizer = _session_tiny_model_and_tokenizer
+    yield model, tokenizer
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert not frozen and model.training, (
+        f"the test left the session's tiny model {'frozen' if frozen else 'in eval mode'} ({frozen[:3]}): "
+        "later tests would silently get no gradients; freeze a copy.deepcopy of it instead"
+    )
 
 
 @pytest.fixture(scope="session")

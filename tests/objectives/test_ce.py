@@ -20,7 +20,7 @@ CONVERSATIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def batch_and_outputs(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     samples = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -69,7 +70,7 @@ class _Capture(SSO):
 @pytest.mark.parametrize("share_prompts", [False, True], ids=["padded_rows", "shared_prompt_rows"])
 def test_one_concatenated_forward_equals_separate_forwards(tiny_model_and_tokenizer, sso_data, share_prompts):
     model, tokenizer = tiny_model_and_tokenizer
-    module = MultiSequenceModule(model, _Capture(), optimizer=None, reference_model=model)
+    module = MultiSequenceModule(model, _Capture(), optimizer=None, reference_model=copy.deepcopy(model))
     module.objective_output(_batch(tokenizer, sso_data, SSO_SEQUENCES, share_prompts=share_prompts))
     policy = module.objective.policy
     batch = _batch(tokenizer, sso_data, SSO_SEQUENCES, share_prompts=False)  # one row per sequence
@@ -98,7 +99,7 @@ def test_precomputed_reference_equals_the_live_reference(
     batch = _batch(tokenizer, sso_data, SSO_SEQUENCES, reference)
     precomputed = MultiSequenceModule(model, _Capture(), optimizer=None)
     precomputed.objective_output(batch)
-    live = MultiSequenceModule(model, _Capture(), optimizer=None, reference_model=model)
+    live = MultiSequenceModule(model, _Capture(), optimizer=None, reference_model=copy.deepcopy(model))
     live.objective_output(batch)
     for name in SSO_SEQUENCES:
         assert_close(
@@ -223,11 +224,11 @@ def test_shared_prompt_rows_with_flash_attention_are_a_config_error(compose_trai
 def test_pairwise_objective_needs_its_sequences(tiny_model_and_tokenizer, sso_data):
     model, tokenizer = tiny_model_and_tokenizer
     batch = _batch(tokenizer, sso_data, ("x|y+", "x|y-"))
-    module = MultiSequenceModule(model, SSO(), optimizer=None, reference_model=model)
+    module = MultiSequenceModule(model, SSO(), optimizer=None, reference_model=copy.deepcopy(model))
     with pytest.raises(KeyError, match="lacks sequence"):
         module.objective_output(batch)
     assert torch.isfinite(
-        MultiSequenceModule(model, PairwisePreference(), optimizer=None, reference_model=model)
+        MultiSequenceModule(model, PairwisePreference(), optimizer=None, reference_model=copy.deepcopy(model))
         .objective_output(batch)
         .loss()
     )
