@@ -20,21 +20,15 @@ establish (experiments/cpu_studies/results/), so that a broken objective fails:
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
-
-RUN = Path(__file__).parents[2] / "experiments" / "cpu_studies" / "run.py"
+from shared import load_script
 
 
 def _study(size: str, out: Path):
-    spec = importlib.util.spec_from_file_location(f"cpu_studies_run_{size}", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = load_script("experiments/cpu_studies/run.py", f"cpu_studies_run_{size}")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "offline")
         return module, out, module.main(["--size", size, "--out", str(out)])

@@ -5,22 +5,16 @@ and trains on the clean subset plus the noise."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-RUN = Path(__file__).parents[2] / "experiments" / "cpu_studies" / "run.py"
+from shared import load_script
 
 
 @pytest.mark.slow
 def test_the_poft_study_fine_tunes_the_pretrained_target_on_the_clean_subset(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("cpu_studies_run_pretrained", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = load_script("experiments/cpu_studies/run.py", "cpu_studies_run_pretrained")
     monkeypatch.setenv("WANDB_MODE", "offline")
     quick = module.SIZES["quick"]
     assert quick.base_epochs > 0 and quick.poft_clean is not None  # what this test shrinks

@@ -3,22 +3,13 @@ answer format, end of turn, content or corruption, on clean and noise samples of
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-RUN = Path(__file__).parents[2] / "experiments" / "poft_mechanisms" / "run.py"
+from shared import load_script
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("poft_mechanisms_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/poft_mechanisms/run.py", "poft_mechanisms_run")
 
 
 def test_char_roles_on_clean_and_corrupted_responses(study):

@@ -5,23 +5,18 @@ cells whose outputs are gone, and the checks that the new cells' data and π_0 a
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from shared import load_script
 
 RUN = Path(__file__).parents[2] / "experiments" / "sso_mechanisms" / "run.py"
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("sso_mechanisms_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/sso_mechanisms/run.py", "sso_mechanisms_run")
 
 
 def cell(study, variant: str, temperature: float, gamma: float = 0.1, iterations: int = 3) -> dict:
@@ -109,12 +104,7 @@ def test_report_only_merge_rebuilds_the_committed_results_without_outputs(study,
 
 def test_the_cells_data_and_policy_are_the_cpu_studies_full_size(study):
     """The committed cells compare with experiments/cpu_studies' full size: same data, same π_0."""
-    spec = importlib.util.spec_from_file_location(
-        "cpu_studies_run", RUN.parents[1] / "cpu_studies" / "run.py"
-    )
-    cpu_studies = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = cpu_studies  # dataclasses look their module up
-    spec.loader.exec_module(cpu_studies)
+    cpu_studies = load_script("experiments/cpu_studies/run.py", "cpu_studies_run")
     full = cpu_studies.SIZES["full"]
     assert {k: getattr(full, k) for k in study.DATA} == study.DATA and full.poft_clean is None
     assert full.policy_epochs == study.POLICY_EPOCHS

@@ -2,17 +2,18 @@
 
 transformers keeps its GGUF quantizer on the dequantised model and then refuses ``save_pretrained``,
 which broke the SSO pipeline's export of every iteration's policy trained from SmolLM2's GGUF.
-The fixture is a tiny Llama written with the ``gguf`` package (float32 tensors)."""
+The fixture is a tiny Llama written with the ``gguf`` package (tests/shared.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from shared import GGUF_HIDDEN, GGUF_VOCAB, write_tiny_llama_gguf
 
 from prefalign.models.loading import load_causal_lm
 
-gguf = pytest.importorskip("gguf", reason="gguf is not installed: pip install -e '.[dev]' (or '.[demo]')")
+pytest.importorskip("gguf", reason="gguf is not installed: pip install -e '.[dev]' (or '.[demo]')")
 
 
 @pytest.fixture(autouse=True)
@@ -21,56 +22,10 @@ def _model_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFALIGN_CACHE", str(tmp_path / "prefalign-cache"))
 
 
-VOCAB, HIDDEN, FFN, LAYERS, HEADS = 64, 32, 64, 2, 4
-
-
-def _tiny_llama_gguf(folder) -> str:
-    """A 2-layer Llama (hidden 32, vocabulary 64) as ``folder/tiny.gguf``; returns the file name."""
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(folder / "tiny.gguf"), "llama")
-    writer.add_context_length(128)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(FFN)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(HEADS)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
-    writer.add_vocab_size(VOCAB)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list([f"t{i}" for i in range(VOCAB)])
-    writer.add_token_types([1] * VOCAB)
-    writer.add_token_scores([0.0] * VOCAB)  # transformers derives the (no) BPE merges from them
-    writer.add_bos_token_id(0)
-    writer.add_eos_token_id(1)
-    rng = np.random.default_rng(0)
-
-    def weight(*shape):
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
-
-    writer.add_tensor("token_embd.weight", weight(VOCAB, HIDDEN))
-    for i in range(LAYERS):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(HIDDEN, np.float32))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"blk.{i}.{name}.weight", weight(HIDDEN, HIDDEN))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(HIDDEN, np.float32))
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(FFN, HIDDEN))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(FFN, HIDDEN))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(HIDDEN, FFN))
-    writer.add_tensor("output_norm.weight", np.ones(HIDDEN, np.float32))
-    writer.add_tensor("output.weight", weight(VOCAB, HIDDEN))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return "tiny.gguf"
-
-
 def test_a_dequantised_gguf_model_trains_and_saves_like_a_plain_model(tmp_path):
-    name = _tiny_llama_gguf(tmp_path)
+    name = write_tiny_llama_gguf(tmp_path)
     model = load_causal_lm(str(tmp_path), gguf_file=name)
-    assert model.config.hidden_size == HIDDEN and model.config.vocab_size == VOCAB
+    assert model.config.hidden_size == GGUF_HIDDEN and model.config.vocab_size == GGUF_VOCAB
     assert getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_quantized", False)
     assert not hasattr(model.config, "quantization_config")
     ids = torch.tensor([[2, 3, 4, 5]])
@@ -91,7 +46,7 @@ def test_a_gguf_file_is_dequantised_once_into_a_cached_folder_that_loads_the_sam
 
     from prefalign.models import loading
 
-    name = _tiny_llama_gguf(tmp_path)
+    name = write_tiny_llama_gguf(tmp_path)
     cache = tmp_path / "cache"
     direct = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=name, dtype=torch.float32)
     model = load_causal_lm(str(tmp_path), gguf_file=name, cache_dir=cache)

@@ -4,20 +4,13 @@ transformers would load the GGUF in its place and every iteration would restart 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from shared import write_tiny_llama_gguf
 
 from prefalign.models.loading import load_causal_lm
 
 pytest.importorskip("gguf", reason="gguf is not installed: pip install -e '.[dev]' (or '.[demo]')")
-_spec = importlib.util.spec_from_file_location(
-    "gguf_fixture", Path(__file__).parents[1] / "models" / "test_gguf.py"
-)
-_fixture = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixture)
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +22,7 @@ def _model_cache(tmp_path, monkeypatch):
 def test_later_policies_are_loaded_from_their_folder_not_the_starting_gguf(tmp_path, compose_sso):
     start = tmp_path / "start"
     start.mkdir()
-    gguf_file = str(start / _fixture._tiny_llama_gguf(start))  # absolute, as ${package_file:...} gives
+    gguf_file = str(start / write_tiny_llama_gguf(start))  # absolute, as ${package_file:...} gives
     pipeline = compose_sso(
         "model=hf",
         f"model.name_or_path={start}",

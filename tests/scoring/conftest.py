@@ -22,6 +22,3 @@ def conversations():
     path = bundled("tiny_chat_val.jsonl")
     ds, _ = normalise_records(load_raw(path), ColumnMap(), path)
     return ds.select(range(40))
-
-
-CPU = {"accelerator": "cpu", "enable_progress_bar": False}

@@ -6,7 +6,7 @@ import json
 
 import datasets
 import pytest
-from conftest import CPU
+from shared import CPU
 
 from prefalign.scoring.aligned import members_used
 from prefalign.scoring.engine import ScoreCacheError, score_conversations

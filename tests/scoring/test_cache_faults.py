@@ -14,7 +14,7 @@ import datasets
 import lightning as L
 import pyarrow.parquet as pq
 import pytest
-from conftest import CPU
+from shared import CPU
 
 from prefalign.scoring.engine import ScoreCacheError, load_score_table, score_conversations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import CPU
+from shared import CPU
 
 from prefalign.data.chat import encode_conversation
 from prefalign.models.loading import load_causal_lm, load_tokenizer, resolve_model_path

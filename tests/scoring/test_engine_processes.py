@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CPU
+from shared import CPU
 
 from prefalign.scoring.engine import score_conversations
 

@@ -1,0 +1,83 @@
+"""What several test files share that is not a fixture (tests/ is on ``sys.path``: ``from shared
+import ...``): the trainer settings of in-process CPU scoring, importing a script by its path, and a
+tiny GGUF model file."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+# Lightning trainer keyword arguments of the scoring engine's in-process CPU runs.
+CPU = {"accelerator": "cpu", "enable_progress_bar": False}
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str, name: str) -> ModuleType:
+    """The script at ``ROOT / relative_path`` (an ``experiments/<study>/run.py``, which is not in a
+    package) imported as module ``name``, once a session; registered in ``sys.modules`` as its
+    dataclasses need."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+# The tiny GGUF model's shape.
+GGUF_VOCAB, GGUF_HIDDEN, GGUF_FFN, GGUF_LAYERS, GGUF_HEADS = 64, 32, 64, 2, 4
+
+
+def write_tiny_llama_gguf(folder: Path) -> str:
+    """A 2-layer Llama (hidden 32, vocabulary 64, float32 tensors) written with the ``gguf`` package
+    as ``folder/tiny.gguf``; returns the file name."""
+    gguf = pytest.importorskip("gguf", reason="gguf is not installed: pip install -e '.[dev]' (or '.[demo]')")
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(folder / "tiny.gguf"), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(GGUF_HIDDEN)
+    writer.add_block_count(GGUF_LAYERS)
+    writer.add_feed_forward_length(GGUF_FFN)
+    writer.add_head_count(GGUF_HEADS)
+    writer.add_head_count_kv(GGUF_HEADS)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(GGUF_HIDDEN // GGUF_HEADS)
+    writer.add_vocab_size(GGUF_VOCAB)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(GGUF_VOCAB)])
+    writer.add_token_types([1] * GGUF_VOCAB)
+    writer.add_token_scores([0.0] * GGUF_VOCAB)  # transformers derives the (no) BPE merges from them
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(GGUF_VOCAB, GGUF_HIDDEN))
+    for i in range(GGUF_LAYERS):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(GGUF_HIDDEN, np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(GGUF_HIDDEN, GGUF_HIDDEN))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(GGUF_HIDDEN, np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(GGUF_FFN, GGUF_HIDDEN))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(GGUF_FFN, GGUF_HIDDEN))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(GGUF_HIDDEN, GGUF_FFN))
+    writer.add_tensor("output_norm.weight", np.ones(GGUF_HIDDEN, np.float32))
+    writer.add_tensor("output.weight", weight(GGUF_VOCAB, GGUF_HIDDEN))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return "tiny.gguf"
