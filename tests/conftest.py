@@ -28,8 +28,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # suite in one process, e.g. under a debugger). Each worker gets its share of the cores as threads
 # (inherited by the apps and ranks a test starts); a file's tests run in one worker (its module
 # fixtures are built once), and so do all the tests that use one expensive session fixture.
+# (Handing out the groups whose tests start processes first was tried: the suite took 6.5 instead of
+# 5.5 minutes on 2 cores, as those tests then ran against each other.)
 MAX_WORKERS = 4  # each worker collects the suite and builds the session's tiny models again
 SHARED_FIXTURES = ("artefacts", "shim")  # tests/app_artefacts.py, tests/planning/conftest.py
+# fixtures that start processes: their tests are marked ``subprocesses`` without saying so
+PROCESS_FIXTURES = ("run_app", "artefacts", "shim")
 
 
 def _usable_cores() -> int:
@@ -48,23 +52,28 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadgroup`` with a file as the default group (xdist's would send each test alone)."""
+    """``--dist loadgroup`` with a file as the default group (xdist's would send each test alone);
+    xdist hands out the groups with the most tests first."""
     from xdist.scheduler import LoadGroupScheduling
 
     class FileOrGroupScheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.rfind("@") > nodeid.rfind("]"):  # an ``xdist_group`` (see below)
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # an ``xdist_group``, as a node-id suffix
                 return nodeid.rsplit("@", 1)[1]
             return nodeid.split("::", 1)[0]
 
     return FileOrGroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist turns the marks into node-id suffixes
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the group marks into node-id suffixes
 def pytest_collection_modifyitems(config, items):
-    """Put every test that uses a :data:`SHARED_FIXTURES` fixture in that fixture's group."""
+    """Mark the tests using a :data:`PROCESS_FIXTURES` fixture ``subprocesses``, and put those using a
+    :data:`SHARED_FIXTURES` fixture in its group."""
     for item in items:
-        shared = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
+        fixtures = getattr(item, "fixturenames", ())
+        if any(name in fixtures for name in PROCESS_FIXTURES):
+            item.add_marker(pytest.mark.subprocesses)
+        shared = [name for name in SHARED_FIXTURES if name in fixtures]
         if shared:
             item.add_marker(pytest.mark.xdist_group(shared[0]))
 

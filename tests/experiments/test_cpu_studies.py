@@ -48,6 +48,7 @@ def _runs(results, objective):
     return [r for r in results["poft"]["runs"] if r["objective"] == objective]
 
 
+@pytest.mark.subprocesses
 def test_every_stage_app_and_reader_runs_at_the_smoke_size(smoke):
     module, out, results = smoke
     size = module.SIZES["smoke"]

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
 
 
+@pytest.mark.subprocesses
 def test_without_a_gpu_the_check_fails_loudly_and_writes_nothing(tmp_path):
     output = tmp_path / "gpu_check.json"
     done = subprocess.run(

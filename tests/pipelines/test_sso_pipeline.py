@@ -45,6 +45,7 @@ JUDGE = (
 )
 
 
+@pytest.mark.subprocesses
 def test_two_iterations_end_to_end_then_resume_without_sampling_again(tmp_path, session_cache):
     write_world(tmp_path / "world", train=1, val=1, test=6, families=["upper"])
     heldout = (

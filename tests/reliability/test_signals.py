@@ -186,6 +186,7 @@ def test_sigterm_during_validation_resumes_bit_for_bit(tmp_path, session_cache):
         torch.testing.assert_close(final["state_dict"][key], tensor, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.subprocesses
 def test_sigterm_exits_143_with_a_step_checkpoint_and_slurm_requeue_still_works(tmp_path, session_cache):
     """Under SLURM (variables of a one-task job, a fake ``scontrol`` on PATH): SIGUSR1 makes
     Lightning's SLURM plugin write its HPC checkpoint and requeue the job; the SIGTERM SLURM sends

@@ -115,6 +115,7 @@ print("`Trainer.fit` stopped: `max_epochs=3` reached.", flush=True)
 """
 
 
+@pytest.mark.subprocesses
 def test_run_app_streams_the_progress_of_a_running_app(run, tmp_path, monkeypatch, caplog):
     (tmp_path / "fake_app.py").write_text(FAKE_APP)
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")

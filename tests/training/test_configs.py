@@ -121,6 +121,7 @@ def test_wandb_run_is_finished_even_when_the_task_fails(tmp_path):
     assert wandb.run is None
 
 
+@pytest.mark.subprocesses
 def test_a_task_without_wandb_does_not_import_it(tmp_path):
     # a fresh interpreter: this test process may have imported wandb already
     probe = (

@@ -67,6 +67,7 @@ def test_a_torchrun_launch_trains_in_one_run_folder(tmp_path, session_cache):
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "hf" / "config.json").is_file()
 
 
+@pytest.mark.subprocesses
 def test_two_runs_launched_together_get_two_folders(tmp_path, session_cache):
     env = {
         **os.environ,
