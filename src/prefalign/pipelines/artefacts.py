@@ -7,7 +7,8 @@ folder made relative to it by :func:`portable`, so that a copied or renamed run 
 their :func:`fingerprint`, and the size, SHA-256 and row count of every file it wrote
 (:func:`file_record`, paths relative to the stage's folder). A rerun reads the marker
 (:func:`read_marker`) and checks it (:func:`verify_marker`): every recorded file as recorded and
-every setting equal, else a message naming each file or setting that differs (:func:`differences`).
+every setting equal, else a message naming each file or setting that differs
+(:func:`prefalign.core.differences.differences`).
 Readers of a run's files outside the pipeline (``prefalign-build-offline``) check them with
 :func:`check_recorded_outputs`.
 """
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from prefalign.core.differences import differences
 from prefalign.core.jsonl import write_json
 
 ARTEFACTS = "artefacts"  # the marker key holding settings and file records (not a statistic)
@@ -114,19 +116,6 @@ def check_recorded_outputs(folder: str | Path, pattern: str = "*") -> list[str]:
     return problems
 
 
-def differences(recorded: Any, current: Any, key: str = "") -> list[tuple[str, Any, Any]]:
-    """Every dotted key whose value differs between two settings trees, as (key, recorded, current),
-    in the current settings' order (keys only recorded last); empty when they are equal."""
-    if isinstance(recorded, Mapping) and isinstance(current, Mapping):
-        found: list[tuple[str, Any, Any]] = []
-        for k in [*current, *(k for k in recorded if k not in current)]:
-            found += differences(recorded.get(k), current.get(k), f"{key}.{k}" if key else str(k))
-        return found
-    if json.dumps(recorded, sort_keys=True, default=str) != json.dumps(current, sort_keys=True, default=str):
-        return [(key, recorded, current)]
-    return []
-
-
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 200 else text[:200] + "..."
@@ -177,7 +166,8 @@ def verify_marker(
     if problem:
         return problem
     before = recorded["settings"] if run_dir is None else portable(recorded["settings"], run_dir)
-    found = differences(before, settings)
+    # a setting added since the stage ran, left at None, is no change
+    found = differences(before, settings, absent=None)
     if not found:
         return None
     named = "; ".join(

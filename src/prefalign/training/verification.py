@@ -23,6 +23,7 @@ import lightning as L
 import torch
 
 from prefalign.core.checksums import CorruptArtefactError
+from prefalign.core.differences import differences
 from prefalign.core.errors import ConfigError
 
 MODEL_CONFIG_KEY = "model_config"
@@ -85,21 +86,6 @@ def model_config(model: Any) -> dict[str, Any] | None:
     return config.to_dict() if config is not None and hasattr(config, "to_dict") else None
 
 
-def config_differences(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key: recorded -> current`` for every config entry that differs (nested configs by dotted
-    key; entries that do not describe the model's shape, such as ``transformers_version``, skipped)."""
-    differences = []
-    for key in sorted(set(recorded) | set(current), key=str):
-        if str(key).startswith("_") or key in _IGNORED_CONFIG_KEYS:
-            continue
-        before, now = recorded.get(key, "<absent>"), current.get(key, "<absent>")
-        if isinstance(before, dict) and isinstance(now, dict):
-            differences += config_differences(before, now, f"{prefix}{key}.")
-        elif before != now:
-            differences.append(f"{prefix}{key}: {before!r} in the checkpoint, {now!r} now")
-    return differences
-
-
 def check_checkpoint_fits(path: str | Path, module: L.LightningModule) -> None:
     """Refuse a checkpoint whose weights do not fit ``module`` (other names or shapes).
 
@@ -126,7 +112,11 @@ def check_checkpoint_fits(path: str | Path, module: L.LightningModule) -> None:
     recorded = checkpoint.get(MODEL_CONFIG_KEY)
     current = model_config(getattr(module, "model", None))
     if recorded is not None and current is not None:
-        keys = config_differences(recorded, current) or ["(no config key differs)"]
+        found = differences(
+            recorded, current, skip=lambda name: name.startswith("_") or name in _IGNORED_CONFIG_KEYS
+        )
+        keys = [f"{key}: {before!r} in the checkpoint, {now!r} now" for key, before, now in found]
+        keys = keys or ["(no config key differs)"]
         what = "model config keys that differ: " + "; ".join(keys)
     else:
         what = "the checkpoint records no model config (written before prefalign recorded it)"
