@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from skip_reasons import (
@@ -24,7 +28,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# --- Parallel runs: pytest-xdist (`-n auto --dist loadgroup` in pyproject.toml; `-n 0` runs the
+# --- Parallel runs: pytest-xdist (`-n auto --dist loadscope` in pyproject.toml; `-n 0` runs the
 # suite in one process, e.g. under a debugger). Each worker gets its share of the cores as threads
 # (inherited by the apps and ranks a test starts); a file's tests run in one worker (its module
 # fixtures are built once), and so do all the tests that use one expensive session fixture.
@@ -34,6 +38,7 @@ MAX_WORKERS = 4  # each worker collects the suite and builds the session's tiny 
 SHARED_FIXTURES = ("artefacts", "shim")  # tests/app_artefacts.py, tests/planning/conftest.py
 # fixtures that start processes: their tests are marked ``subprocesses`` without saying so
 PROCESS_FIXTURES = ("run_app", "artefacts", "shim")
+GROUPS_KEY = "prefalign_test_groups"  # the workers tell the scheduler which tests share a fixture
 
 
 def _usable_cores() -> int:
@@ -51,31 +56,57 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return min(_usable_cores(), MAX_WORKERS)
 
 
+def pytest_configure_node(node) -> None:
+    """Give each worker the folder where it writes its tests' shared-fixture groups."""
+    config = node.config
+    if not hasattr(config, "_prefalign_groups"):
+        config._prefalign_groups = tempfile.mkdtemp(prefix="prefalign-test-groups-")
+    node.workerinput[GROUPS_KEY] = config._prefalign_groups
+
+
+def pytest_unconfigure(config) -> None:
+    if hasattr(config, "_prefalign_groups"):
+        shutil.rmtree(config._prefalign_groups, ignore_errors=True)
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadgroup`` with a file as the default group (xdist's would send each test alone);
-    xdist hands out the groups with the most tests first."""
-    from xdist.scheduler import LoadGroupScheduling
+    """``--dist loadscope`` with a file as the scope, except that the tests using a
+    :data:`SHARED_FIXTURES` fixture are one scope (told by the workers, which collect the tests:
+    xdist's own ``loadgroup`` passes groups as node-id suffixes, which pytest 9.2 no longer keeps,
+    pytest-dev/pytest-xdist#1386). xdist hands out the scopes with the most tests first."""
+    from xdist.scheduler import LoadScopeScheduling
 
-    class FileOrGroupScheduling(LoadGroupScheduling):
+    class FileOrSharedFixtureScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.rfind("@") > nodeid.rfind("]"):  # an ``xdist_group``, as a node-id suffix
-                return nodeid.rsplit("@", 1)[1]
-            return nodeid.split("::", 1)[0]
+            if self.groups is None:  # written by every worker during collection: read after it
+                written = sorted(Path(config._prefalign_groups).glob("*.json"))
+                self.groups = json.loads(written[0].read_text()) if written else {}
+            return self.groups.get(nodeid) or nodeid.split("::", 1)[0]
 
-    return FileOrGroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
+    if config.getvalue("dist") != "loadscope":
+        return None
+    return FileOrSharedFixtureScheduling(config, log)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist turns the group marks into node-id suffixes
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests using a :data:`PROCESS_FIXTURES` fixture ``subprocesses``, and put those using a
-    :data:`SHARED_FIXTURES` fixture in its group."""
+    """Mark the tests using a :data:`PROCESS_FIXTURES` fixture ``subprocesses``; in an xdist worker,
+    write which tests use a :data:`SHARED_FIXTURES` fixture for the scheduler."""
+    groups = {}
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if any(name in fixtures for name in PROCESS_FIXTURES):
             item.add_marker(pytest.mark.subprocesses)
         shared = [name for name in SHARED_FIXTURES if name in fixtures]
         if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
+            groups[item.nodeid] = shared[0]
+    folder = getattr(config, "workerinput", {}).get(GROUPS_KEY)
+    if folder:
+        worker = Path(folder) / config.workerinput["workerid"]
+        worker.with_suffix(".tmp").write_text(json.dumps(groups))
+        os.replace(worker.with_suffix(".tmp"), worker.with_suffix(".json"))
 
 
 @pytest.fixture(scope="session")
