@@ -17,13 +17,13 @@ output is in ``<root>/<name>.log``.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from shared import app_env
 
 NOISE = "data.noise={num_samples: 16, seed: 0}"
 DATA = ["data.train.limit=48", "data.val.limit=16", NOISE]
@@ -69,13 +69,7 @@ class Artefacts:
 def _start(name: str, module: str, args: list[str], root: Path, cache: str) -> tuple[str, subprocess.Popen]:
     """Start an app, its output to ``<root>/<name>.log``; one thread each, as up to three run side
     by side on small machines."""
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_ROOT": str(root),
-        "PREFALIGN_CACHE": cache,
-        "OMP_NUM_THREADS": "1",
-    }
+    env = app_env(root, cache, OMP_NUM_THREADS="1")
     with (root / f"{name}.log").open("w", encoding="utf-8") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT

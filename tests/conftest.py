@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from shared import app_env
 from skip_reasons import (
     EXPECTED_SKIPS_FILE,
     checking_skips,
@@ -195,13 +196,7 @@ def run_app(session_cache):
     """
 
     def run(module, args, cwd, timeout=600, **env):
-        environment = {
-            **os.environ,
-            "WANDB_MODE": "offline",
-            "PREFALIGN_ROOT": str(cwd),
-            "PREFALIGN_CACHE": session_cache,
-            **env,
-        }
+        environment = app_env(cwd, session_cache, **env)
         return subprocess.run(
             [sys.executable, "-m", module, *args],
             cwd=cwd,

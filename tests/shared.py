@@ -1,15 +1,27 @@
 """What several test files share that is not a fixture (tests/ is on ``sys.path``: ``from shared
-import ...``): the trainer settings of in-process CPU scoring, importing a script by its path, and a
-tiny GGUF model file."""
+import ...``): the environment of an app run in a child process, the trainer settings of in-process
+CPU scoring, importing a script by its path, and a tiny GGUF model file."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+
+def app_env(root, cache, *, python_path=None, **extra: str) -> dict[str, str]:
+    """The environment a test runs one of the project's apps in: this one, W&B offline, outputs under
+    ``root`` (``PREFALIGN_ROOT``), built models in ``cache`` (``PREFALIGN_CACHE``), ``python_path``
+    ahead of ``PYTHONPATH`` (a callback or plugin the test wrote), then ``extra``."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(root), "PREFALIGN_CACHE": str(cache)}
+    if python_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(python_path), os.environ.get("PYTHONPATH", "")])
+    return {**env, **extra}
+
 
 # Lightning trainer keyword arguments of the scoring engine's in-process CPU runs.
 CPU = {"accelerator": "cpu", "enable_progress_bar": False}

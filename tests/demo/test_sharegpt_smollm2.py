@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import datasets
 import pytest
 from omegaconf import OmegaConf
+from shared import app_env
 
 from prefalign.config import package_file, register_resolvers
 from prefalign.core.errors import ConfigError, DataError
@@ -238,12 +238,7 @@ def test_sharegpt_smollm2_example_end_to_end(tmp_path, session_cache):
     """run.py on 6 conversations: SmolLM2 scores, the histogram, 2 PoFT steps of the tiny model."""
     _demo_assets_or_skip()
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_CACHE": session_cache,
-        "PREFALIGN_ROOT": str(tmp_path),
-    }
+    env = app_env(tmp_path, session_cache)
     args = [
         "--num-conversations",
         "6",

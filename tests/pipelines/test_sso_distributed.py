@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from shared import app_env
 
 
 def _pipeline(work: Path, cache: str, prompts: Path, batch_size: int):
@@ -106,7 +107,6 @@ WEIGHT_ATOL = 1e-6
 
 
 def _sso(tmp_path, cache, name, train, *, ranks=1, expect_ok=True, extra=()):
-    import os
     import subprocess
     import sys
 
@@ -139,7 +139,7 @@ def _sso(tmp_path, cache, name, train, *, ranks=1, expect_ok=True, extra=()):
     launcher = (
         ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
     )
-    env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(tmp_path), "PREFALIGN_CACHE": cache}
+    env = app_env(tmp_path, cache)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     result = subprocess.run(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from shared import app_env
 
 from prefalign.core.errors import DataError
 from prefalign.pipelines.sso import load_prompt_splits
@@ -25,7 +25,7 @@ ARGS = [
 
 
 def _run(cwd, cache, *extra, args=ARGS):
-    env = {**os.environ, "WANDB_MODE": "offline", "PREFALIGN_ROOT": str(cwd), "PREFALIGN_CACHE": cache}
+    env = app_env(cwd, cache)
     result = subprocess.run(
         [sys.executable, "-m", "prefalign.apps.sso", *args, *extra],
         cwd=cwd,
@@ -145,12 +145,7 @@ def test_the_readme_tiny_command_changes_the_policy_every_iteration(tmp_path, se
     differs from π_0 and π_2 from π_1 (reported as policy_change/* in report.json)."""
     from safetensors.torch import load_file
 
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_ROOT": str(tmp_path),
-        "PREFALIGN_CACHE": session_cache,
-    }
+    env = app_env(tmp_path, session_cache)
     command = ["iterations=2", "prompts.limit=16", "sampling.max_new_tokens=16", "wandb=null"]
     result = subprocess.run(
         [sys.executable, "-m", "prefalign.apps.sso", *command],

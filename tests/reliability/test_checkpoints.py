@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared import app_env
 
 from prefalign.core.checksums import CHECKSUMS, CorruptArtefactError, verify_checksums, write_checksums
 from prefalign.core.errors import ConfigError
@@ -208,13 +209,7 @@ def test_a_finished_checkpoint_without_its_export_is_exported_by_the_rerun(tiny_
 @pytest.mark.slow  # two tiny trainings in subprocesses (about 15 s unloaded)
 def test_a_run_killed_during_its_final_export_is_completed_by_the_rerun(tmp_path, session_cache):
     (tmp_path / "killer.py").write_text(KILLER)
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_ROOT": str(tmp_path),
-        "PREFALIGN_CACHE": session_cache,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = app_env(tmp_path, session_cache, python_path=tmp_path)
     run = tmp_path / "run"
     command = [
         sys.executable,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared import app_env
 
 from prefalign.core.signals import Interrupted, raise_on_signals
 
@@ -73,14 +74,7 @@ COMMON = [
 def _start(tmp_path: Path, session_cache: str, output: str, *overrides: str, env: dict | None = None):
     """Start ``prefalign-train`` into ``tmp_path/output``, with the waiting callback on PYTHONPATH."""
     (tmp_path / "waiter.py").write_text(WAITER)
-    environment = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_ROOT": str(tmp_path),
-        "PREFALIGN_CACHE": session_cache,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-        **(env or {}),
-    }
+    environment = app_env(tmp_path, session_cache, python_path=tmp_path, **(env or {}))
     return subprocess.Popen(
         [
             sys.executable,
@@ -254,13 +248,7 @@ def test_sso_records_the_interrupted_stage_and_the_rerun_continues_its_fit(tmp_p
         f"train_overrides={SSO_TRAIN.format(ready=ready)}",
         "run_name=signalled",
     ]
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_ROOT": str(tmp_path),
-        "PREFALIGN_CACHE": session_cache,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = app_env(tmp_path, session_cache, python_path=tmp_path)
     command = [sys.executable, "-m", "prefalign.apps.sso", *args]
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

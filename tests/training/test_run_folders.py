@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from omegaconf import OmegaConf
+from shared import app_env
 
 from prefalign.config import unique_run_name
 
@@ -48,12 +49,7 @@ def test_the_ranks_of_one_torchrun_launch_share_one_name(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_a_torchrun_launch_trains_in_one_run_folder(tmp_path, session_cache):
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_ROOT": str(tmp_path),
-        "PREFALIGN_CACHE": session_cache,
-    }
+    env = app_env(tmp_path, session_cache)
     for key in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS"):
         env.pop(key, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -69,12 +65,7 @@ def test_a_torchrun_launch_trains_in_one_run_folder(tmp_path, session_cache):
 
 @pytest.mark.subprocesses
 def test_two_runs_launched_together_get_two_folders(tmp_path, session_cache):
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PREFALIGN_ROOT": str(tmp_path),
-        "PREFALIGN_CACHE": session_cache,
-    }
+    env = app_env(tmp_path, session_cache)
     for key in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS"):
         env.pop(key, None)
     common = ["trainer.max_steps=1", "data.train.limit=8", "data.val.limit=8", "logger=csv"]
