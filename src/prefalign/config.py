@@ -387,5 +387,13 @@ def validate_train_config(cfg: DictConfig, check_model_paths: bool = True) -> No
             "config key `trainer.strategy`: Lightning's FSDP strategy needs GPUs; on CPU use trainer=fsdp2"
         )
     precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
-    if on_cpu and precision.startswith(("bf16", "16")):
-        log.warning("trainer.precision=%s on CPU is far slower than 32-true on most CPUs", precision)
+    from prefalign.training.precision import check_master_weights_config, cpu_has_bf16
+
+    if on_cpu and (precision.startswith("16") or (precision.startswith("bf16") and not cpu_has_bf16())):
+        log.warning(
+            "trainer.precision=%s on a CPU without %s units is emulated, about 30 times slower than "
+            "32-true (trainer.precision=32-true)",
+            precision,
+            "fp16" if precision.startswith("16") else "bf16 (AVX512-BF16 / AMX)",
+        )
+    check_master_weights_config(cfg)

@@ -124,6 +124,7 @@ def test_sharded_fsdp2_checkpoint_loads_to_the_exported_weights(tmp_path, run_ap
         [
             "trainer=fsdp2",
             "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
             "trainer.devices=2",
             "trainer.max_epochs=1",
             "data.train.limit=32",

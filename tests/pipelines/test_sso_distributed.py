@@ -98,7 +98,7 @@ TRAIN = [
     "callbacks.progress_bar=null",
 ]
 ONE_PROCESS = ["trainer.accumulate_grad_batches=2"]
-TWO_RANKS = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+TWO_RANKS = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
 # Measured (CPU, fp32): the reference log-probs of the two runs are equal (difference 0.0: each
 # shard is scored in the same batches), the trained weights differ by at most 6.0e-8 (the two
 # batches' gradients are summed in another order, then AdamW's steps). Tolerances: 1e-6 for both.

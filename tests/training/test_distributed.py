@@ -18,6 +18,8 @@ def test_two_process_ddp_spawn_shards_batches_and_returns_metrics(compose_train)
             "trainer=ddp",
             "trainer.strategy=ddp_spawn",
             "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+            "trainer.precision=32-true",
             "trainer.devices=2",
             "trainer.max_epochs=1",
             "logger=csv",
@@ -37,6 +39,7 @@ def test_two_process_fsdp2_trains_saves_sharded_checkpoints_and_resumes(tmp_path
     common = [
         "trainer=fsdp2",
         "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
         "trainer.devices=2",
         "data.train.limit=32",
         "data.val.limit=16",

@@ -146,6 +146,7 @@ def test_two_process_ddp_exports_every_epoch_from_rank_zero(compose_train, tmp_p
             "trainer=ddp",
             "trainer.strategy=ddp_spawn",
             "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
             "trainer.devices=2",
             "trainer.max_epochs=2",
             "logger=csv",
@@ -176,6 +177,7 @@ def test_two_process_fsdp2_lora_run_exports_merged_models_gathered_from_the_shar
         [
             "trainer=fsdp2",
             "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
             "trainer.devices=2",
             "data.train.limit=32",
             "data.val.limit=16",

@@ -50,6 +50,7 @@ PID_SWEEPER = textwrap.dedent(
 TINY = [
     "trainer=ddp",
     "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
     "trainer.devices=2",
     "data.train.limit=32",
     "data.val.limit=8",

@@ -94,6 +94,7 @@ def test_an_unreadable_checkpoint_is_named(tmp_path):
 def test_a_mid_epoch_checkpoint_of_two_ranks_stops_a_one_rank_resume(compose_train, tmp_path):
     """N -> M ranks: a mid-epoch checkpoint needs the same world size; an epoch-end one does not."""
     spawn = ["trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2"]
+    spawn += ["trainer.precision=32-true"]
     # 2 ranks x 8 samples a step: 3 steps an epoch; step.ckpt at step 2 is mid-epoch
     _run(
         compose_train,
@@ -156,6 +157,7 @@ def test_a_killed_fsdp2_run_resumes_from_its_sharded_checkpoint(tmp_path, run_ap
     common = [
         "trainer=fsdp2",
         "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
         "trainer.devices=2",
         "trainer.max_epochs=2",
         "data.train.limit=32",

@@ -54,6 +54,7 @@ def test_a_torchrun_launch_trains_in_one_run_folder(tmp_path, session_cache):
         env.pop(key, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command += ["-m", "prefalign.apps.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    command += ["trainer.precision=32-true"]
     command += ["trainer.max_steps=2", "data.train.limit=64", "data.val.limit=8", "logger=csv"]
     command += ["callbacks.progress_bar=null"]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

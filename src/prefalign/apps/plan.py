@@ -14,7 +14,9 @@ Examples::
     prefalign-plan model=llama3_8b trainer=fsdp2 trainer.devices=8 trainer.precision=bf16-mixed
 
 Exit status: 0 fits; 1 does not fit (the fix, if any, is printed); 2 the plan could not run (the
-error names the key, the project line or what to install); 3 host syncs with ``plan.fail_on_sync``.
+error names the key, the project line or what to install); 3 host syncs with ``plan.fail_on_sync``;
+4 rounding to the trainable parameters' dtype loses more than 1% of the peak-lr updates
+(:mod:`prefalign.planning.rounding`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,15 @@ def run_plan(train_cfg: DictConfig, plan_cfg, default_output: Path) -> int:
     if settings.fail_on_sync and plan.host_syncs:
         print(f"plan.fail_on_sync: {len(plan.host_syncs)} host sync(s) in the step", file=sys.stderr)
         return 3
-    return 0 if plan.fits else 1
+    if not plan.fits:
+        return 1
+    if not plan.keeps_updates:
+        print(
+            "prefalign-plan: the optimizer would lose the updates to rounding (see master weights)",
+            file=sys.stderr,
+        )
+        return 4
+    return 0
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="plan")

@@ -22,7 +22,13 @@ from prefalign.core.checksums import verify_checksums
 from prefalign.core.errors import ConfigError
 from prefalign.generation.sampling import HFGenerator
 from prefalign.generation.vllm import VLLMGenerator, require_vllm
-from prefalign.models.loading import load_for_inference, load_tokenizer, resolve_model_path, resolve_placement
+from prefalign.models.loading import (
+    frozen_model_config,
+    load_for_inference,
+    load_tokenizer,
+    resolve_model_path,
+    resolve_placement,
+)
 
 BACKENDS = ("hf", "vllm")
 
@@ -52,7 +58,9 @@ def build_generator(
     generation: Mapping[str, Any], model: Mapping[str, Any], seed: int = 0
 ) -> HFGenerator | VLLMGenerator:
     """The generator for the ``model`` config on the backend chosen by ``generation.backend``
-    (the SSO pipeline's ``generator._target_``: it passes each policy's model config as ``model``)."""
+    (the SSO pipeline's ``generator._target_``: it passes each policy's model config as ``model``).
+    The sampler is a frozen copy: ``hf`` loads it in ``model.frozen_dtype`` when that is set."""
+    model = frozen_model_config(model)
     check_generation_config(generation, model)
     if generation.get("backend", "hf") == "hf":
         loaded, tokenizer = load_for_inference(

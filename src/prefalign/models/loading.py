@@ -409,6 +409,23 @@ def load_model_and_tokenizer(cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, P
     return model, tokenizer
 
 
+def frozen_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``model`` config for a frozen copy of that model (the reference, the SSO sampler and judge
+    on the ``hf`` backend, a scorer): ``dtype`` replaced by ``frozen_dtype`` when that is set.
+
+    Nothing updates a frozen model, so it needs no fp32 master weights: the paper configs train in
+    fp32 (``dtype: float32``) and keep the frozen copies in bf16 (``frozen_dtype: bfloat16``), half
+    their memory. Scores are cached under the dtype they were computed in (the score cache's model
+    identity), so a change of ``frozen_dtype`` is a new cache entry, never a stale one."""
+    out = {k: v for k, v in dict(cfg).items() if k != "frozen_dtype"}
+    frozen = cfg.get("frozen_dtype")
+    if frozen is not None:
+        if str(frozen) not in DTYPES:
+            raise ValueError(f"model.frozen_dtype must be one of {sorted(DTYPES)} or null, got {frozen!r}")
+        out["dtype"] = str(frozen)
+    return out
+
+
 # -- device, dtype and attention for models run outside the Trainer -----------------------------------
 
 FLASH_ATTN_FIX = (

@@ -66,18 +66,23 @@ class AlignmentModule(L.LightningModule):
 
     # -- sharding ---------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        """Apply FSDP2 (``fully_shard``) per decoder layer and at the root under ``ModelParallelStrategy``."""
+        """Apply FSDP2 (``fully_shard``) per decoder layer and at the root under ``ModelParallelStrategy``.
+
+        The shards keep the loaded dtype (fp32: the master weights and the optimizer state);
+        under ``bf16-mixed`` each layer's parameters are cast to bf16 when gathered for compute and
+        gradients reduced in fp32 (:func:`prefalign.training.strategies.sharded_mixed_precision`)."""
         mesh = self.device_mesh
         if mesh is None:
             return
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         from prefalign.models.layers import decoder_layers
+        from prefalign.training.strategies import sharded_mixed_precision
 
-        precision = str(self.trainer.precision)
+        policy = sharded_mixed_precision(str(self.trainer.precision))
         mp_policy = (
-            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            if precision.startswith("bf16")
+            MixedPrecisionPolicy(param_dtype=policy[0], reduce_dtype=policy[1])
+            if policy
             else MixedPrecisionPolicy()
         )
         dp_mesh = mesh["data_parallel"]

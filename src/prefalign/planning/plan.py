@@ -78,10 +78,17 @@ class Plan:
     fix: Fix | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    master_weights: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
         return self.memory.peak + self.margin <= self.capacity
+
+    @property
+    def keeps_updates(self) -> bool:
+        """Rounding to the trainable dtype loses at most the threshold's fraction of the peak-lr
+        updates, or the optimizer rounds stochastically (:mod:`prefalign.planning.rounding`)."""
+        return bool(self.master_weights.get("ok", True))
 
     @property
     def headroom(self) -> int:
@@ -104,6 +111,7 @@ class Plan:
             "margin_gib": round(self.margin / GIB, 3),
             "fits": self.fits,
             "headroom_gib": round(self.headroom / GIB, 3),
+            "master_weights": self.master_weights,
             "fix": asdict(self.fix) if self.fix else None,
             "decoder_layer_forwards_per_step": self.memory.layer_forwards,
             "findings": [f.as_dict() for f in self.memory.findings],
@@ -222,14 +230,6 @@ def candidate_fixes(setup: Setup) -> list[tuple[str, Setup]]:
 def precision_notes(cfg: DictConfig, setup: Setup) -> list[str]:
     """What the configured precision does that may not be intended."""
     notes = []
-    dtype = str(cfg.model.get("dtype", "float32"))
-    if setup.precision.endswith("mixed") and dtype != "float32":
-        notes.append(
-            f"model.dtype={dtype} with trainer.precision={setup.precision}: the weights load in {dtype} "
-            "and Lightning keeps them, so the master weights and the optimizer state are "
-            f"{dtype}, not fp32 (updates below {dtype}'s resolution are lost); model.dtype=float32 gives "
-            "fp32 master weights (about twice the parameter, gradient and optimizer memory)"
-        )
     if setup.strategy_checkpointing and setup.model_checkpointing:
         notes.append(
             "activation checkpointing is on twice (the FSDP strategy's and model.gradient_checkpointing); "
@@ -286,6 +286,12 @@ def make_plan(cfg: DictConfig, settings: PlanSettings) -> Plan:
         "sequences_per_sample": sequences,
         "gpu": settings.gpu,
     }
+    rates = throughput(cfg, numbers, setup, settings, sequences)
+    from prefalign.planning.rounding import master_weight_rounding
+    from prefalign.planning.simulate import build_module
+
+    planned = build_module(cfg, numbers, setup, device="meta")[0].model
+    trainable = [(n, p.dtype, p.numel()) for n, p in planned.named_parameters() if p.requires_grad]
     plan = Plan(
         run=run,
         setup=setup,
@@ -293,8 +299,9 @@ def make_plan(cfg: DictConfig, settings: PlanSettings) -> Plan:
         gpu={"name": settings.gpu, **card},
         capacity=capacity,
         margin=margin,
-        throughput=throughput(cfg, numbers, setup, settings, sequences),
+        throughput=rates,
         notes=precision_notes(cfg, setup),
+        master_weights=master_weight_rounding(cfg, numbers, trainable, rates.get("steps")),
     )
     if not plan.fits and settings.fix:
         for change, candidate in candidate_fixes(setup)[: settings.max_fix_attempts]:
@@ -305,6 +312,35 @@ def make_plan(cfg: DictConfig, settings: PlanSettings) -> Plan:
                 break
     plan.seconds = time.perf_counter() - started
     return plan
+
+
+def format_master_weights(report: dict[str, Any]) -> list[str]:
+    """The master-weight lines of the printed plan: per trainable dtype, the share of the first
+    step's updates that rounding loses at the peak and the last learning rate, and the verdict."""
+    if not report:
+        return []
+    lines = [
+        f"master weights ({report['optimizer'].rsplit('.', 1)[-1]}, measured on {report['source']}): "
+        f"updates lost to rounding at lr {report['lr_peak']:.3g} (peak) / {report['lr_last']:.3g} "
+        f"(last of {report['schedule_steps']:,} steps)"
+    ]
+    for dtype, entry in report["by_dtype"].items():
+        lines.append(
+            f"  {dtype:<9} {entry['parameters']:>15,} trainable: {100 * entry['lost_at_peak']:6.2f}% / "
+            f"{100 * entry['lost_at_last']:6.2f}%"
+        )
+    if report["stochastic_rounding"]:
+        lines.append(
+            "  stochastic rounding: no update is lost in expectation (the figures are round-to-nearest's)"
+        )
+    elif report["ok"]:
+        lines.append(f"  OK: at most {100 * report['threshold']:.0f}% lost at the peak lr")
+    else:
+        lines.append(
+            f"  FAILS: more than {100 * report['threshold']:.0f}% of the peak-lr updates are lost; train fp32 "
+            "master weights (model.dtype=float32 trainer.precision=bf16-mixed) or optimizer=adamw_bf16_sr"
+        )
+    return lines
 
 
 def format_plan(plan: Plan) -> str:
@@ -362,6 +398,7 @@ def format_plan(plan: Plan) -> str:
             f"{t['gpu_hours']:,} GPU-hours ({t['wall_hours']} h wall), every sample at full length (upper bound)"
         )
     lines.append(f"decoder-layer forwards per micro-batch: {m.layer_forwards} (1 + recomputation)")
+    lines += format_master_weights(plan.master_weights)
     syncs = plan.host_syncs
     lines.append(f"host syncs in the step: {len(syncs)}" + ("" if syncs else " | device / dtype errors: 0"))
     for finding in m.findings:

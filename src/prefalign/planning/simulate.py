@@ -32,6 +32,7 @@ from prefalign.planning.checks import Finding, PlanStepError, StepWatch, located
 from prefalign.planning.models import build_config
 from prefalign.training.run import build_module as build_training_module
 from prefalign.training.run import objective_wiring
+from prefalign.training.strategies import sharded_mixed_precision
 
 GIB = 2**30
 CATEGORIES = ("params", "grads", "optimizer", "activations", "temporaries")
@@ -260,7 +261,7 @@ def _mixed_dtype(precision: str) -> torch.dtype | None:
     return None
 
 
-def _shard(module, setup: Setup, mesh) -> None:
+def _shard(module, setup: Setup, mesh, cfg: DictConfig) -> None:
     """FSDP2 as ``AlignmentModule.configure_model`` applies it (fsdp2), or per decoder layer with
     Lightning FSDPStrategy's mixed precision and activation checkpointing (fsdp)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -283,9 +284,16 @@ def _shard(module, setup: Setup, mesh) -> None:
             ),
             check_fn=lambda m: isinstance(m, classes),
         )
-    low = _mixed_dtype(setup.precision)
-    # Lightning's FSDPPrecision: parameters, reductions and buffers all in the low dtype
-    policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=low) if low else MixedPrecisionPolicy()
+    # the project's FSDP strategy (training.strategies.fsdp_strategy): shards in the loaded dtype,
+    # cast to the low dtype for compute, gradients reduced in trainer.strategy.reduce_dtype
+    strategy_cfg = cfg.trainer.get("strategy")
+    reduce_dtype = (
+        str(strategy_cfg.get("reduce_dtype", "float32")) if isinstance(strategy_cfg, Mapping) else "float32"
+    )
+    mixed = sharded_mixed_precision(setup.precision, reduce_dtype)
+    policy = (
+        MixedPrecisionPolicy(param_dtype=mixed[0], reduce_dtype=mixed[1]) if mixed else MixedPrecisionPolicy()
+    )
     dp_mesh = mesh["data_parallel"]
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=setup.reshard_after_forward)
@@ -394,7 +402,7 @@ def simulate_step(
             precision=setup.precision, model=module.model, estimated_stepping_batches=1000
         )
         if sharded:
-            _shard(module, setup, mesh)
+            _shard(module, setup, mesh, cfg)
         if not real_cpu:
             module.model.to_empty(device=device)
         optimizer = module.configure_optimizers()["optimizer"]

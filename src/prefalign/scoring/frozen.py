@@ -25,6 +25,7 @@ import datasets
 
 from prefalign.core.errors import ConfigError, DataError, DropReport
 from prefalign.core.names import ALIGNED_SCORE, ID, member_score_column, reference_columns, sequence_id
+from prefalign.models.loading import frozen_model_config
 from prefalign.scoring.aligned import AGGREGATIONS, members_used
 from prefalign.scoring.engine import (
     ScoreCacheError,
@@ -154,7 +155,7 @@ def reference_logprob_columns(
     """
     table = cached_or_scored(
         conversations,
-        reference_cfg["model"],
+        frozen_model_config(reference_cfg["model"]),  # frozen: model.frozen_dtype when set
         max_length=max_length,
         cache_dir=reference_cfg["cache_dir"],
         score_missing=bool(reference_cfg.get("score_missing", False)),

@@ -185,9 +185,17 @@ class ExportHF(L.Callback):
             (0: the final export only).
         epochs_dirpath: where the per-epoch exports go, beside the final one (the run's
             ``hf_epochs/``); ``None``: ``<dirpath>_epochs``.
+        dtype: the exported weights' dtype (``bfloat16``: what the Hub and vLLM expect of a 7-8B
+            model, half the size of fp32 master weights); ``None``: the trained weights' dtype.
     """
 
-    def __init__(self, dirpath: str, every_n_epochs: int = 0, epochs_dirpath: str | None = None) -> None:
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_epochs: int = 0,
+        epochs_dirpath: str | None = None,
+        dtype: str | None = None,
+    ) -> None:
         if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
             raise ValueError(
                 f"callbacks.hf_export.every_n_epochs must be an integer >= 0 (0: final export only), "
@@ -196,6 +204,13 @@ class ExportHF(L.Callback):
         self.dirpath = dirpath
         self.every_n_epochs = every_n_epochs
         self.epochs_dirpath = epochs_dirpath if epochs_dirpath is not None else f"{dirpath}_epochs"
+        from prefalign.models.loading import DTYPES
+
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(
+                f"callbacks.hf_export.dtype must be one of {sorted(DTYPES)} or null, got {dtype!r}"
+            )
+        self.dtype = dtype
         self._final_written = False  # the final export was written by this fit
 
     def epoch_dirpath(self, epoch: int) -> Path:
@@ -269,7 +284,9 @@ class ExportHF(L.Callback):
             )
         if trainer.is_global_zero:
             with atomic_folder(dirpath) as tmp:  # never half an export under the final name
-                write_hf_export(model, getattr(trainer.datamodule, "tokenizer", None), tmp, state_dict)
+                write_hf_export(
+                    model, getattr(trainer.datamodule, "tokenizer", None), tmp, state_dict, dtype=self.dtype
+                )
                 write_checksums(tmp)  # published with the files; checked before the folder is loaded
             log.info("exported the model to %s", dirpath)
         trainer.strategy.barrier()

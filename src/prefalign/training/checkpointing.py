@@ -143,6 +143,7 @@ def write_hf_export(
     tokenizer: Any,
     folder: str | Path,
     state_dict: dict[str, torch.Tensor] | None = None,
+    dtype: str | None = None,
 ) -> None:
     """Write ``model`` (and ``tokenizer``) in Hugging Face format into ``folder`` (an empty folder:
     the temporary one of :func:`atomic_folder`).
@@ -159,6 +160,9 @@ def write_hf_export(
     Args:
         state_dict: the full state dict to write (gathered from FSDP / FSDP2 shards); ``None``: the
             model's own weights.
+        dtype: ``bfloat16`` | ``float16`` | ``float32``: the floating-point weights are written in
+            this dtype and ``config.json`` says so (``from_pretrained(dtype="auto")``, vLLM and the
+            Hub read it); ``None``: the trained weights' own dtype.
     """
     from prefalign.models.chat_templates import end_of_turn_ids
 
@@ -167,11 +171,26 @@ def write_hf_export(
         model.save_pretrained(folder / "adapter", state_dict=state_dict)
         if tokenizer is not None:
             save_tokenizer(tokenizer, folder / "adapter")
-        full = merged_lora_copy(model, state_dict)
-        full.save_pretrained(folder)
+        full, state_dict = merged_lora_copy(model, state_dict), None
     else:
         full = model
-        model.save_pretrained(folder, state_dict=state_dict)
+    if dtype is None:
+        full.save_pretrained(folder, state_dict=state_dict)
+    else:
+        from prefalign.models.loading import DTYPES
+
+        if dtype not in DTYPES:
+            raise ValueError(
+                f"callbacks.hf_export.dtype must be one of {sorted(DTYPES)} or null, got {dtype!r}"
+            )
+        weights = full.state_dict() if state_dict is None else state_dict
+        weights = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
+        trained = full.config.dtype
+        full.config.dtype = DTYPES[dtype]  # config.json names the dtype the files hold
+        try:
+            full.save_pretrained(folder, state_dict=weights)
+        finally:
+            full.config.dtype = trained
     if tokenizer is None:
         return
     save_tokenizer(tokenizer, folder)

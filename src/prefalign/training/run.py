@@ -28,10 +28,11 @@ from prefalign.config import hydra_run_info, validate_train_config
 from prefalign.core.errors import ConfigError
 from prefalign.data.datamodule import ChatDataModule
 from prefalign.data.preference import PreferenceDataModule
-from prefalign.models.loading import load_model_and_tokenizer
+from prefalign.models.loading import frozen_model_config, load_model_and_tokenizer
 from prefalign.objectives.base import Objective
 from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
+from prefalign.training.precision import check_master_weights
 from prefalign.training.resume import latest_checkpoint
 from prefalign.training.signals import Interrupted, StopOnSignal
 from prefalign.training.verification import check_checkpoint_fits, verify_checkpoint
@@ -167,7 +168,8 @@ def objective_wiring(cfg: DictConfig, objective: Objective) -> tuple[type, dict[
                     f"config key `reference.mode`: {module_cls.__name__} takes no live reference model; "
                     "use reference.mode=precomputed"
                 )
-            module_kwargs["reference_model"], _ = load_model_and_tokenizer(cfg.reference.model)
+            reference = frozen_model_config(OmegaConf.to_container(cfg.reference.model, resolve=True))
+            module_kwargs["reference_model"], _ = load_model_and_tokenizer(reference)
     return module_cls, data_kwargs, module_kwargs
 
 
@@ -210,6 +212,7 @@ def build_module_and_data(cfg: DictConfig, objective: Any) -> tuple[L.LightningM
     (:func:`objective_wiring`), and the frozen-model columns it needs attached from the score cache
     (:func:`prefalign.scoring.frozen.attach_frozen_columns`)."""
     model, tokenizer = load_model_and_tokenizer(cfg.model)
+    check_master_weights(model, cfg)  # low-precision master weights: refused before any data loads
     module_cls, data_kwargs, module_kwargs = objective_wiring(cfg, objective)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, **data_kwargs)
     attach_frozen_columns(

@@ -1,27 +1,76 @@
-"""Distributed strategies that depend on the model (which decoder layers to wrap)."""
+"""Distributed strategies that depend on the model (which decoder layers to wrap), and the one
+mixed-precision rule of the sharded strategies.
+
+Mixed precision under FSDP (Lightning's FSDPStrategy) and FSDP2 (``fully_shard`` in
+:meth:`prefalign.modules.base.AlignmentModule.configure_model`): the module is sharded in the
+dtype it was loaded in (fp32 for every paper config: the master weights and AdamW state), each
+unit's shards are cast to bf16 when gathered for compute (``param_dtype``), and gradients are
+reduced in fp32 (``reduce_dtype``): summing 8 ranks' bf16 gradients in bf16 would round away the
+small ones, which is what torchtitan's and DeepSpeed's defaults avoid. Lightning's own FSDP
+precision plugin reduces in bf16, so the strategy is given this policy explicitly.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from prefalign.models.layers import decoder_layer_classes, decoder_layers
 
-__all__ = ["decoder_layer_classes", "decoder_layers", "fsdp_strategy"]
+__all__ = ["decoder_layer_classes", "decoder_layers", "fsdp_strategy", "sharded_mixed_precision"]
+
+_REDUCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def fsdp_strategy(model: nn.Module, activation_checkpointing: bool = True, **kwargs: Any):
+def sharded_mixed_precision(
+    precision: str, reduce_dtype: str = "float32"
+) -> tuple[torch.dtype, torch.dtype] | None:
+    """``(param_dtype, reduce_dtype)`` of a sharded strategy under ``trainer.precision``:
+    ``bf16-mixed`` / ``16-mixed`` compute in bf16 / fp16 over the loaded (fp32) shards and reduce
+    in ``reduce_dtype``; ``None`` for ``32-true`` and the ``*-true`` precisions (the module itself is
+    in that dtype: nothing to cast)."""
+    if reduce_dtype not in _REDUCE_DTYPES:
+        raise ValueError(
+            f"trainer.strategy.reduce_dtype must be one of {sorted(_REDUCE_DTYPES)}, got {reduce_dtype!r}"
+        )
+    if precision == "bf16-mixed":
+        return torch.bfloat16, _REDUCE_DTYPES[reduce_dtype]
+    if precision == "16-mixed":
+        return torch.float16, _REDUCE_DTYPES[reduce_dtype]
+    return None
+
+
+def fsdp_strategy(
+    model: nn.Module,
+    activation_checkpointing: bool = True,
+    precision: str = "32-true",
+    reduce_dtype: str = "float32",
+    **kwargs: Any,
+):
     """Lightning's ``FSDPStrategy`` wrapping (and optionally checkpointing) each decoder layer.
 
     Args:
         model: the model to be wrapped; its decoder-layer classes drive the auto-wrap policy.
         activation_checkpointing: recompute each decoder layer's activations in the backward pass.
+        precision: ``trainer.precision``; under ``bf16-mixed`` the flat parameters stay in the
+            loaded dtype and are cast to bf16 for compute, gradients reduced in ``reduce_dtype``
+            (:func:`sharded_mixed_precision`; buffers in bf16, as Lightning's plugin keeps them).
+        reduce_dtype: dtype of the gradient reduce-scatter (``float32``: no gradient lost in the sum).
         **kwargs: passed to ``FSDPStrategy`` (``sharding_strategy``, ``state_dict_type``, ``cpu_offload``...).
     """
     from lightning.pytorch.strategies import FSDPStrategy
 
     layers = decoder_layer_classes(model)
+    policy = sharded_mixed_precision(precision, reduce_dtype)
+    if policy is not None and "mixed_precision" not in kwargs:
+        from torch.distributed.fsdp import MixedPrecision
+
+        param_dtype, reduce = policy
+        kwargs["mixed_precision"] = MixedPrecision(
+            param_dtype=param_dtype, reduce_dtype=reduce, buffer_dtype=param_dtype
+        )
     return FSDPStrategy(
         auto_wrap_policy=layers,
         activation_checkpointing_policy=layers if activation_checkpointing else None,
