@@ -18,7 +18,6 @@ def test_two_process_ddp_spawn_shards_batches_and_returns_metrics(compose_train)
             "trainer=ddp",
             "trainer.strategy=ddp_spawn",
             "trainer.accelerator=cpu",
-        "trainer.precision=32-true",
             "trainer.precision=32-true",
             "trainer.devices=2",
             "trainer.max_epochs=1",

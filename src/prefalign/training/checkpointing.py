@@ -15,6 +15,7 @@ into an :func:`atomic_folder` (:mod:`prefalign.core.jsonl`, re-exported here).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -185,12 +186,11 @@ def write_hf_export(
             )
         weights = full.state_dict() if state_dict is None else state_dict
         weights = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
-        trained = full.config.dtype
-        full.config.dtype = DTYPES[dtype]  # config.json names the dtype the files hold
-        try:
-            full.save_pretrained(folder, state_dict=weights)
-        finally:
-            full.config.dtype = trained
+        full.save_pretrained(folder, state_dict=weights)
+        # config.json names the dtype the files hold (save_pretrained writes the model's own)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config["dtype"] = dtype
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if tokenizer is None:
         return
     save_tokenizer(tokenizer, folder)
