@@ -108,15 +108,21 @@ def _check_step(result: dict) -> dict:
 def test_poft_experiment_steps_cleanly_with_exact_sharded_state(default_plans, name):
     plan = _check_step(default_plans[" ".join(_poft_spec(name, 1, extra=POFT_DEFAULT_EXTRA)["overrides"])])
     assert plan["setup"]["strategy"] == "fsdp" and plan["setup"]["precision"] == "bf16-mixed"
-    shard = _expected_shard_bytes(plan["run"]["architecture"], 1, 8, 2)  # bf16 weights (model.dtype)
+    shard = _expected_shard_bytes(plan["run"]["architecture"], 1, 8, 4)  # fp32 master weights (model.dtype)
     # AdamW: two moments per sharded parameter, in the parameters' dtype
     assert plan["per_rank_gib"]["optimizer"] == pytest.approx(2 * shard / 2**30, rel=0.01, abs=0.002)
+    # no update lost to rounding at the paper's lr: fp32 master weights
+    rounding = plan["master_weights"]
+    assert rounding["ok"] and set(rounding["by_dtype"]) == {"float32"}
+    assert rounding["by_dtype"]["float32"]["lost_at_peak"] == 0.0
 
 
 @pytest.mark.parametrize("name", SSO_DEFAULT)
 def test_sso_training_config_steps_cleanly(default_plans, name):
     plan = _check_step(default_plans[" ".join(_sso_spec(name, 1)["overrides"])])
     assert plan["run"]["sequences_per_sample"] >= 2
+    # SSO's lr 5e-7: fp32 master weights lose no update (bf16 ones would lose 99%)
+    assert plan["master_weights"]["ok"] and plan["master_weights"]["by_dtype"]["float32"]["lost_at_peak"] == 0.0
     assert plan["setup"]["seq_len"] == 1024 and plan["setup"]["micro_batch"] == 1
     expected = "qwen2_7b" if name == "sso_table5" else "llama3_1_8b"
     assert plan["run"]["architecture"] == expected
@@ -126,8 +132,8 @@ def test_sso_training_config_steps_cleanly(default_plans, name):
 def test_llama3_8b_full_depth_fits_eight_a100s(shim, plan_batch, tmp_path):
     (result,) = plan_batch([FULL_DEPTH_8B], tmp_path)
     plan = _check_step(result)
-    shard = _expected_shard_bytes("llama3_8b", None, 8, 2)
-    assert shard == pytest.approx(8.03e9 * 2 / 8, rel=0.001)
+    shard = _expected_shard_bytes("llama3_8b", None, 8, 4)  # fp32 master weights
+    assert shard == pytest.approx(8.03e9 * 4 / 8, rel=0.001)
     assert plan["per_rank_gib"]["optimizer"] == pytest.approx(2 * shard / 2**30, rel=0.01)
     assert plan["fits"] and plan["per_rank_gib"]["peak"] < 40
     assert plan["decoder_layer_forwards_per_step"] == 2  # forward + one recomputation

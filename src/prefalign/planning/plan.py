@@ -18,7 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from prefalign.core.errors import ConfigError
 from prefalign.planning.checks import Finding
 from prefalign.planning.models import architecture_config, gpu, parameter_count
-from prefalign.planning.simulate import CATEGORIES, GIB, Setup, StepMemory, resolve_setup, simulate_step
+from prefalign.planning.rounding import master_weight_rounding
+from prefalign.planning.simulate import (
+    CATEGORIES,
+    GIB,
+    Setup,
+    StepMemory,
+    build_module,
+    resolve_setup,
+    simulate_step,
+)
 
 DATASETS = Path(__file__).with_name("datasets.yaml")
 
@@ -287,9 +296,6 @@ def make_plan(cfg: DictConfig, settings: PlanSettings) -> Plan:
         "gpu": settings.gpu,
     }
     rates = throughput(cfg, numbers, setup, settings, sequences)
-    from prefalign.planning.rounding import master_weight_rounding
-    from prefalign.planning.simulate import build_module
-
     planned = build_module(cfg, numbers, setup, device="meta")[0].model
     trainable = [(n, p.dtype, p.numel()) for n, p in planned.named_parameters() if p.requires_grad]
     plan = Plan(
