@@ -27,7 +27,7 @@ import torch
 from omegaconf import open_dict
 
 from prefalign.core.errors import ConfigError
-from prefalign.training.optim import StochasticRoundingAdamW, stochastic_round_bf16
+from prefalign.training.optim import StochasticRoundingAdamW, random_bits16, stochastic_round_bf16
 from prefalign.training.precision import (
     check_master_weights,
     half_spacing,
@@ -75,18 +75,23 @@ def test_rounding_loses_what_issue_29_measured_in_bf16_and_nothing_in_fp32():
 
 
 def test_stochastic_rounding_is_exact_on_bf16_values_and_unbiased_between_them():
-    generator = torch.Generator().manual_seed(0)
     exact = torch.randn(1000).bfloat16().float()
-    assert torch.equal(stochastic_round_bf16(exact, generator).float(), exact)
+    assert torch.equal(stochastic_round_bf16(exact, key=1).float(), exact)
     special = torch.tensor([float("inf"), -float("inf"), float("nan")])
-    rounded = stochastic_round_bf16(special, generator).float()
+    rounded = stochastic_round_bf16(special, key=2).float()
     assert rounded[0] == float("inf") and rounded[1] == -float("inf") and rounded[2].isnan()
     # 1 + 2**-10 lies a quarter of the way from 1 to 1 + 2**-7: rounded up with probability 1/8
     n = 200_000
-    values = stochastic_round_bf16(torch.full((n,), 1 + 2**-10), generator).float()
+    values = stochastic_round_bf16(torch.full((n,), 1 + 2**-10), key=3).float()
     assert set(values.unique().tolist()) == {1.0, 1 + 2**-7}
     up = float((values > 1).double().mean())
     assert up == pytest.approx(1 / 8, abs=5 * (1 / 8 * 7 / 8 / n) ** 0.5)  # 5 sigma
+    # the random bits: uniform over 16 bits, a function of the key alone
+    bits = random_bits16(torch.Size([n]), key=4, device=torch.device("cpu"))
+    assert int(bits.min()) >= 0 and int(bits.max()) < 2**16
+    assert float(bits.double().mean()) == pytest.approx((2**16 - 1) / 2, rel=5 * 0.577 / n**0.5)
+    assert torch.equal(bits, random_bits16(torch.Size([n]), key=4, device=torch.device("cpu")))
+    assert not torch.equal(bits, random_bits16(torch.Size([n]), key=5, device=torch.device("cpu")))
 
 
 def test_stochastic_rounding_adamw_is_adamw_on_fp32_weights():

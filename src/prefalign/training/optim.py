@@ -15,6 +15,7 @@ up to one bf16 step per weight, unbiased.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 
 import torch
@@ -23,17 +24,40 @@ _LOW_BITS = 1 << 16
 _HIGH_MASK = -_LOW_BITS  # 0xFFFF0000 as int32: keeps the bits that bf16 holds
 
 
-def stochastic_round_bf16(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``values`` (fp32) rounded to bf16 stochastically: a uniform random integer below 2**16 is
-    added to the fp32 bit pattern and the 16 low bits are dropped, which rounds the magnitude up
-    with probability (distance to the lower neighbour) / (bf16 spacing). Infinities stay infinite
-    and NaNs NaN."""
+def _signed(value: int) -> int:
+    """A 64-bit constant as torch's int64 holds it (two's complement)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 values (torch's ``>>`` keeps the sign)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def random_bits16(shape: torch.Size, key: int, device: torch.device) -> torch.Tensor:
+    """16 uniformly random bits per element (int32 in [0, 2**16)), a pure function of ``key`` and the
+    element's position: SplitMix64's output function (Steele et al. 2014) over a counter. No
+    generator state: the same key gives the same bits on any device (and on the planner's fake
+    GPUs), so a resumed run draws exactly the unbroken run's bits."""
+    counter = torch.arange(1, math.prod(shape) + 1, dtype=torch.int64, device=device) * _GOLDEN + key
+    z = (counter ^ _shift_right(counter, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    return _shift_right(z, 48).to(torch.int32).view(shape)
+
+
+def stochastic_round_bf16(values: torch.Tensor, key: int) -> torch.Tensor:
+    """``values`` (fp32) rounded to bf16 stochastically: a uniform random integer below 2**16
+    (:func:`random_bits16` of ``key``) is added to the fp32 bit pattern and the 16 low bits are
+    dropped, which rounds the magnitude up with probability (distance to the lower neighbour) /
+    (bf16 spacing). Infinities stay infinite and NaNs NaN."""
     if values.dtype != torch.float32:
         raise TypeError(f"stochastic_round_bf16 takes fp32 values, got {values.dtype}")
     bits = values.contiguous().view(torch.int32)
-    noise = torch.randint(
-        0, _LOW_BITS, values.shape, dtype=torch.int32, device=values.device, generator=generator
-    )
+    noise = random_bits16(values.shape, key, values.device)
     finite = torch.isfinite(values)
     rounded = torch.where(finite, (bits + noise) & _HIGH_MASK, bits & _HIGH_MASK).view(torch.float32)
     # a NaN whose payload sat in the low bits would become an infinity: keep it NaN
@@ -46,10 +70,10 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
     fp32 parameters are updated as plain AdamW does (no rounding is needed), so a model with a mix
     of dtypes trains correctly.
 
-    The random bits of each parameter's step come from a generator seeded by ``seed``, the step
-    number, the parameter's position in the optimizer and the process's rank: a resumed run draws
-    exactly the bits the uninterrupted one would have (its checkpoint holds the step), and ranks
-    holding different shards draw different bits.
+    The random bits of each parameter's step are a function of ``seed``, the step number, the
+    parameter's position in the optimizer and the process's rank (:func:`random_bits16`): a resumed
+    run draws exactly the bits the uninterrupted one would have (its checkpoint holds the step), and
+    ranks holding different shards draw different bits.
 
     Args:
         params: parameters or parameter groups.
@@ -77,10 +101,11 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.seed = int(seed)
 
-    def _generator(self, device: torch.device, step: int, index: int) -> torch.Generator:
+    def _key(self, step: int, index: int, tensor: int) -> int:
+        """The random stream's key of one tensor (weight or moment) of one parameter at one step."""
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        key = hashlib.sha256(f"{self.seed}:{step}:{index}:{rank}".encode()).digest()
-        return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") >> 1)
+        digest = hashlib.sha256(f"{self.seed}:{step}:{index}:{tensor}:{rank}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") >> 2
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401 - torch's signature
@@ -121,8 +146,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                     state["exp_avg"].copy_(exp_avg)
                     state["exp_avg_sq"].copy_(exp_avg_sq)
                     continue
-                generator = self._generator(weight.device, step, index)
-                weight.copy_(stochastic_round_bf16(new, generator))
-                state["exp_avg"].copy_(stochastic_round_bf16(exp_avg, generator))
-                state["exp_avg_sq"].copy_(stochastic_round_bf16(exp_avg_sq, generator))
+                weight.copy_(stochastic_round_bf16(new, self._key(step, index, 0)))
+                state["exp_avg"].copy_(stochastic_round_bf16(exp_avg, self._key(step, index, 1)))
+                state["exp_avg_sq"].copy_(stochastic_round_bf16(exp_avg_sq, self._key(step, index, 2)))
         return loss
