@@ -1,4 +1,8 @@
-"""Length-grouped batching and padding collation.
+"""Length-grouped batching and padding collation, with the response targets found on the host.
+
+The collate also lists which positions score a response token (:func:`response_targets`), padded
+to a bucket size (:func:`target_bucket`), so the lean log-prob path projects only those positions
+without a data-dependent shape on the device.
 
 Batches are drawn from "mega-batches": a seeded shuffle of the data is cut into chunks of
 ``batch_size * mega_batch_mult`` samples, each chunk is sorted by length and cut into batches, and
