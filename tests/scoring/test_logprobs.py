@@ -164,19 +164,42 @@ def test_lean_chunks_hold_a_bounded_number_of_positions(tiny_model_and_tokenizer
     lean.sum.sum().backward()
     with torch.no_grad():
         full = model_sequence_logprobs(model, input_ids, attention_mask, labels, lean=False)
-    # the host's response targets (padded to their bucket) projected once forward and once backward,
-    # at most 5 at a time; the prompt and padding positions are never projected
+
+    # the host's response targets (padded to their bucket) projected in the forward and the backward,
+    # at most 5 at a time (the last chunk's logits kept from the forward, not recomputed); the
+    # prompt positions are never projected
+    def projected(n):
+        return 2 * n - (n % 5 or 5)
+
     responses = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    assert max(seen) == 5 and sum(seen) == 2 * len(targets[0]) < 2 * input_ids.shape[0] * (
-        input_ids.shape[1] - 1
-    )
+    positions = input_ids.shape[0] * (input_ids.shape[1] - 1)
+    assert max(seen) == 5 and sum(seen) == projected(len(targets[0])) < projected(positions)
     assert responses <= len(targets[0]) < responses + 16
     _relative_close(lean.sum.detach(), full.sum)
     # without targets, every position is projected (static shapes: the prompt ones zeroed after)
     seen.clear()
     model_sequence_logprobs(model, input_ids, attention_mask, labels).sum.sum().backward()
     model.zero_grad()
-    assert max(seen) == 5 and sum(seen) == 2 * input_ids.shape[0] * (input_ids.shape[1] - 1)
+    assert max(seen) == 5 and sum(seen) == projected(positions)
+
+
+def test_a_second_backward_recomputes_the_kept_chunk():
+    """The last chunk's logits are kept for the first backward and consumed by it; a second
+    backward through the same graph (retain_graph) recomputes them and gives the same gradients."""
+    from prefalign.scoring.logprobs import hidden_logprobs
+
+    g = torch.Generator().manual_seed(9)
+    head = torch.nn.Linear(8, 11, bias=False)
+    hidden = torch.randn(13, 8, generator=g, requires_grad=True)
+    tokens = torch.randint(0, 11, (13,), generator=g)
+    lean = hidden_logprobs(hidden, tokens, head, chunk_tokens=4)
+    first = torch.autograd.grad(lean.sum(), (hidden, head.weight), retain_graph=True)
+    second = torch.autograd.grad(lean.sum(), (hidden, head.weight))
+    full = torch.log_softmax(head(hidden), -1).gather(1, tokens[:, None])[:, 0]
+    expected = torch.autograd.grad(full.sum(), (hidden, head.weight))
+    for a, b, c in zip(first, second, expected, strict=True):
+        assert torch.equal(a, b)
+        assert_close(a, c)
 
 
 def test_checkpointed_chunks_for_other_heads_match_the_full_path():

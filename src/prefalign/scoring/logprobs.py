@@ -192,9 +192,11 @@ def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
 class _LinearLogProbs(torch.autograd.Function):
     """log p(token | hidden) through a bias-free linear head, one chunk of logits at a time.
 
-    Forward keeps only each position's log-normaliser; backward recomputes each chunk's logits under
+    Forward keeps each position's log-normaliser and the last chunk's logits; backward takes that
+    chunk first (no recomputation: with a single chunk, the head's matmuls are those of the full
+    path, one forward and two backward), frees it, then recomputes each other chunk's logits under
     the forward's autocast state (so a bf16-autocast forward's normaliser matches the recomputed
-    logits: the softmax stays normalised) and accumulates the head's gradient into a single fp32
+    logits: the softmax stays normalised). The head's gradient accumulates into a single fp32
     buffer, so neither pass holds more than one chunk of logits, and the output matrix's gradient
     exists once (not once per chunk).
     """
@@ -203,14 +205,17 @@ class _LinearLogProbs(torch.autograd.Function):
     def forward(ctx, hidden, weight, tokens, step):
         lse = torch.empty(len(tokens), dtype=torch.float32, device=hidden.device)
         target = torch.empty_like(lse)
-        for start in range(0, len(tokens), step):
+        starts = range(0, len(tokens), step)
+        for start in starts:
             logits = _chunk_logits(hidden[start : start + step], weight)
             lse[start : start + step] = torch.logsumexp(logits, dim=-1)
             target[start : start + step] = logits.gather(1, tokens[start : start + step, None])[:, 0]
-            del logits
         ctx.save_for_backward(hidden, weight, tokens, lse)
         ctx.step = step
         ctx.autocast = _autocast_state(hidden.device.type)
+        # the last chunk's logits, consumed (in place) by the first backward; a second backward
+        # (retain_graph) recomputes it like the others
+        ctx.kept = (starts[-1], logits)
         return target - lse
 
     @staticmethod
@@ -218,16 +223,21 @@ class _LinearLogProbs(torch.autograd.Function):
         hidden, weight, tokens, lse = ctx.saved_tensors
         step = ctx.step
         enabled, autocast_dtype = ctx.autocast
+        kept_start, kept, ctx.kept = *ctx.kept, (None, None)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = (
             torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             if ctx.needs_input_grad[1]
             else None
         )
-        for start in range(0, len(tokens), step):
+        starts = list(range(0, len(tokens), step))
+        for start in reversed(starts):  # the kept chunk first, then it is freed
             h = hidden[start : start + step]
-            with torch.autocast(hidden.device.type, dtype=autocast_dtype, enabled=enabled):
-                logits = _chunk_logits(h, weight)
+            if start == kept_start:
+                logits, kept = kept, None
+            else:
+                with torch.autocast(hidden.device.type, dtype=autocast_dtype, enabled=enabled):
+                    logits = _chunk_logits(h, weight)
             # d logp[t] / d logits = onehot(t) - softmax, scaled by the upstream gradient; in place,
             # so one chunk of logits is alive
             grad_logits = logits.sub_(lse[start : start + step, None]).exp_().neg_()
