@@ -342,7 +342,17 @@ def test_pad_collate_pads_right_and_passes_scalar_columns():
         "aligned_score",
         "noise",
         "num_response_tokens",
+        "target_row",
+        "target_position",
+        "target_token",
+        "target_slot",
     }
+    # the response targets found on the host: (row, position whose logits predict, token, slot)
+    assert batch["target_row"][:4].tolist() == [0, 0, 1, 1]
+    assert batch["target_position"][:4].tolist() == [0, 1, 1, 3]
+    assert batch["target_token"][:4].tolist() == [12, 13, 23, 25]
+    assert batch["target_slot"][:4].tolist() == [0, 0, 1, 1]
+    assert len(batch["target_slot"]) == 16 and set(batch["target_slot"][4:].tolist()) == {3}
 
 
 @pytest.mark.parametrize(("multiple", "width"), [(None, 5), (1, 5), (4, 8), (5, 5), (8, 8), (64, 64)])

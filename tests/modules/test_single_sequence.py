@@ -61,3 +61,28 @@ def test_module_rejects_objectives_of_another_batch_shape(tiny_model_and_tokeniz
     for objective in (nn.Identity(), PairwisePreference()):
         with pytest.raises(TypeError, match="module._target_"):
             SingleSequenceModule(model, objective=objective, optimizer=None)
+
+
+@pytest.mark.parametrize("scored_tokens", ["response", "all"])
+def test_the_policy_head_projects_the_collates_response_targets(
+    tiny_model_and_tokenizer, monkeypatch, scored_tokens
+):
+    """The module hands the collate's host-side targets to the lean path: the head projects only
+    their (bucket-padded) positions; PoFT's scored_tokens=all scores every token, so every position."""
+    import prefalign.scoring.logprobs as logprobs
+    from prefalign.objectives import PoFT
+
+    model, _ = tiny_model_and_tokenizer
+    seen = []
+    original = logprobs._chunk_logits
+    monkeypatch.setattr(logprobs, "_chunk_logits", lambda h, w: seen.append(h.shape[0]) or original(h, w))
+    samples = [
+        {"id": str(k), "input_ids": list(range(5, 45)), "labels": [-100] * (30 + k) + list(range(35 + k, 45))}
+        for k in range(3)
+    ]
+    batch = pad_collate(samples, pad_token_id=0)
+    batch["aligned_score"] = torch.tensor([-1.0, -2.0, -3.0])
+    output = SingleSequenceModule(model, PoFT(scored_tokens), optimizer=None).objective_output(batch)
+    assert torch.isfinite(output.loss())
+    assert len(batch["target_token"]) == 32  # 10 + 9 + 8 response tokens, padded to the 32 bucket
+    assert sum(seen) == (32 if scored_tokens == "response" else 3 * 39)

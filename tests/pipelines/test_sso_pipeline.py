@@ -168,7 +168,9 @@ def test_the_readme_tiny_command_changes_the_policy_every_iteration(tmp_path, se
 def test_an_iteration_trained_by_two_ddp_ranks_runs_the_pipeline_once(tmp_path, session_cache):
     """Lightning's subprocess launcher re-runs ``prefalign-sso`` for rank 1: that rank trains the
     iteration's saved config and exits, it never allocates, samples or writes stage files."""
-    train = TRAIN.replace("]", ',"trainer=ddp","trainer.accelerator=cpu","trainer.devices=2","trainer.precision=32-true"]')
+    train = TRAIN.replace(
+        "]", ',"trainer=ddp","trainer.accelerator=cpu","trainer.devices=2","trainer.precision=32-true"]'
+    )
     args = [a for a in ARGS if not a.startswith(("iterations=", "train_overrides="))]
     out = _run(tmp_path, session_cache, "iterations=1", f"train_overrides={train}", args=args)
     work = tmp_path / "logs" / "sso" / "default"

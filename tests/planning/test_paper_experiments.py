@@ -122,7 +122,9 @@ def test_sso_training_config_steps_cleanly(default_plans, name):
     plan = _check_step(default_plans[" ".join(_sso_spec(name, 1)["overrides"])])
     assert plan["run"]["sequences_per_sample"] >= 2
     # SSO's lr 5e-7: fp32 master weights lose no update (bf16 ones would lose 99%)
-    assert plan["master_weights"]["ok"] and plan["master_weights"]["by_dtype"]["float32"]["lost_at_peak"] == 0.0
+    assert (
+        plan["master_weights"]["ok"] and plan["master_weights"]["by_dtype"]["float32"]["lost_at_peak"] == 0.0
+    )
     assert plan["setup"]["seq_len"] == 1024 and plan["setup"]["micro_batch"] == 1
     expected = "qwen2_7b" if name == "sso_table5" else "llama3_1_8b"
     assert plan["run"]["architecture"] == expected

@@ -1,4 +1,8 @@
-"""Length-grouped batching and padding collation.
+"""Length-grouped batching and padding collation, with the response targets found on the host.
+
+The collate also lists which positions score a response token (:func:`response_targets`), padded
+to a bucket size (:func:`target_bucket`), so the lean log-prob path projects only those positions
+without a data-dependent shape on the device.
 
 Batches are drawn from "mega-batches": a seeded shuffle of the data is cut into chunks of
 ``batch_size * mega_batch_mult`` samples, each chunk is sorted by length and cut into batches, and
@@ -207,13 +211,65 @@ class ResumableTrainOrder:
             )
 
 
+TARGET_KEYS = ("target_row", "target_position", "target_token", "target_slot")
+"""Batch keys of the response targets (:func:`response_targets`), in the argument order of
+:func:`prefalign.scoring.logprobs.model_gathered_sequence_logprobs`."""
+
+
+def target_bucket(count: int) -> int:
+    """The padded length of ``count`` response targets: ``count`` rounded up to a multiple of
+    ``max(16, 2**(bit_length(count - 1) - 4))``, i.e. eight buckets per power of two (at most 1/8 of
+    the entries padding once ``count > 128``, at most 15 below), so batches of similar sizes repeat
+    one shape (a compiled graph or cached kernel is reused) while the padding's projection to the
+    vocabulary stays a small share of the head's work."""
+    if count <= 0:
+        return 0
+    step = max(16, 2 ** max(0, (count - 1).bit_length() - 4))
+    return math.ceil(count / step) * step
+
+
+def pad_targets(
+    rows: list[int], positions: list[int], tokens: list[int], slots: list[int], num_slots: int
+) -> dict[str, torch.Tensor]:
+    """The ``target_*`` tensors of :data:`TARGET_KEYS`, padded to :func:`target_bucket` entries.
+
+    A padding entry reads row 0, position 0 (which every batch has), scores token 0 and adds to slot
+    ``num_slots``, one past the batch's sequences: the log-prob paths sum into ``num_slots + 1``
+    slots and drop the last, so padding changes no sum, count or gradient.
+    """
+    extra = target_bucket(len(tokens)) - len(tokens)
+    return {
+        "target_row": torch.tensor(rows + [0] * extra, dtype=torch.long),
+        "target_position": torch.tensor(positions + [0] * extra, dtype=torch.long),
+        "target_token": torch.tensor(tokens + [0] * extra, dtype=torch.long),
+        "target_slot": torch.tensor(slots + [num_slots] * extra, dtype=torch.long),
+    }
+
+
+def response_targets(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Which positions of a padded ``(B, T)`` batch score a response token, found on the host.
+
+    Token ``labels[b, t + 1]`` (not ``IGNORE_INDEX``) is predicted by the logits at ``(b, t)`` and
+    belongs to sequence (slot) ``b``; returned as :func:`pad_targets`, so the lean log-prob path
+    projects only those positions without a data-dependent shape on the device (no ``nonzero()``).
+    """
+    targets = labels[:, 1:]
+    rows, positions = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    row_list = rows.tolist()
+    return pad_targets(
+        row_list, positions.tolist(), targets[rows, positions].tolist(), row_list, labels.shape[0]
+    )
+
+
 def pad_collate(
     samples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int | None = None
 ) -> dict[str, Any]:
     """Right-pad ``input_ids`` (with ``pad_token_id``) and ``labels`` (with ``IGNORE_INDEX``).
 
-    Returns ``input_ids``, ``attention_mask``, ``labels`` as ``(B, T)`` tensors, ``id`` as a list of
-    strings, and every other numeric or boolean column as a ``(B,)`` tensor (scores, noise flags).
+    Returns ``input_ids``, ``attention_mask``, ``labels`` as ``(B, T)`` tensors, the response
+    targets of the labels (:func:`response_targets`: ``target_row``, ``target_position``,
+    ``target_token``, ``target_slot``, padded to a bucket size), ``id`` as a list of strings, and
+    every other numeric or boolean column as a ``(B,)`` tensor (scores, noise flags).
     """
     longest = max(len(s["input_ids"]) for s in samples)
     if pad_to_multiple_of:
@@ -228,6 +284,7 @@ def pad_collate(
         labels[row, :n] = torch.as_tensor(sample["labels"])
         attention_mask[row, :n] = 1
     batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch.update(response_targets(labels))
     batch["id"] = [s["id"] for s in samples]
     for key, value in samples[0].items():
         if key in batch or key in ("length", "truncated"):

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from prefalign.data.batching import pad_targets
 from prefalign.data.chat import IGNORE_INDEX
 
 #: Attention implementations that accept the custom 4-D mask shared-prompt rows need.
@@ -70,7 +71,8 @@ def collate_shared_prompts(
     - ``target_row``, ``target_position``, ``target_token``, ``target_slot``: ``(N,)``, one entry per
       response token: the row and position whose logits predict it, its id, and the output slot
       ``k * B + b`` of sequence ``k`` of sample ``b`` (the sequence-major order of
-      :func:`prefalign.data.preference.collate_sequences`);
+      :func:`prefalign.data.preference.collate_sequences`), padded to a bucket size
+      (:func:`prefalign.data.batching.pad_targets`: padding adds to slot ``num_slots``, dropped);
     - ``num_slots`` (``len(sequences) * B``).
     """
     rows: list[tuple[list[int], list[int], list[int]]] = []  # (tokens, positions, segments)
@@ -114,10 +116,7 @@ def collate_shared_prompts(
         "input_ids": input_ids,
         "position_ids": position_ids,
         "segment_ids": segment_ids,
-        "target_row": torch.tensor(target_row, dtype=torch.long),
-        "target_position": torch.tensor(target_position, dtype=torch.long),
-        "target_token": torch.tensor(target_token, dtype=torch.long),
-        "target_slot": torch.tensor(target_slot, dtype=torch.long),
+        **pad_targets(target_row, target_position, target_token, target_slot, len(sequences) * batch_size),
         "num_slots": len(sequences) * batch_size,
     }
 

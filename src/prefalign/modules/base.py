@@ -35,7 +35,8 @@ class AlignmentModule(L.LightningModule):
             parameters are the ones optimised.
         scheduler: ``name`` (a transformers scheduler: ``cosine``, ``linear``, ``constant_with_warmup``...),
             ``warmup_ratio`` (fraction of the total optimiser steps) and optional ``kwargs``.
-        logprob_chunk_rows: sequences per fp32 log-softmax chunk (bounds memory on large vocabularies).
+        logprob_chunk_rows: sequences' worth of tokens per chunk of the lean log-prob path (its response
+            positions projected to the vocabulary a chunk at a time; bounds memory on large vocabularies).
         disable_dropout: turn off the model's dropout (also LoRA's) so the policy is scored like the
             reference; ``None`` (default): on for every objective that compares log-probs (PoFT,
             bi-PoFT, DPO, IPO, SSO, reward model), off for cross-entropy.

@@ -15,6 +15,7 @@ from prefalign.modules.base import AlignmentModule
 from prefalign.objectives.base import MultiSequenceObjective, ObjectiveOutput
 from prefalign.scoring.logprobs import (
     SequenceLogProbs,
+    batch_targets,
     model_gathered_sequence_logprobs,
     model_sequence_logprobs,
 )
@@ -74,17 +75,19 @@ class MultiSequenceModule(AlignmentModule):
                 batch["input_ids"],
                 mask,
                 batch["position_ids"],
-                batch["target_row"],
-                batch["target_position"],
-                batch["target_token"],
-                batch["target_slot"],
+                *batch_targets(batch),
                 batch["num_slots"],
                 chunk_tokens=None
                 if self.logprob_chunk_rows is None
                 else self.logprob_chunk_rows * batch["input_ids"].shape[1],
             )
-        return model_sequence_logprobs(  # memory-lean log-probs
-            model, batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_rows
+        return model_sequence_logprobs(  # memory-lean log-probs of the collate's response targets
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            self.logprob_chunk_rows,
+            targets=batch_targets(batch),
         )
 
     def _reference(self, batch: Mapping[str, Any], names: list[str]) -> dict[str, SequenceLogProbs] | None:

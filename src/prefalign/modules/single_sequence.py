@@ -11,7 +11,7 @@ from prefalign.data.chat import IGNORE_INDEX
 from prefalign.data.datamodule import ChatDataModule
 from prefalign.modules.base import AlignmentModule
 from prefalign.objectives.base import ObjectiveOutput, SingleSequenceObjective
-from prefalign.scoring.logprobs import SequenceLogProbs, model_sequence_logprobs
+from prefalign.scoring.logprobs import SequenceLogProbs, batch_targets, model_sequence_logprobs
 
 
 class SingleSequenceModule(AlignmentModule):
@@ -50,12 +50,19 @@ class SingleSequenceModule(AlignmentModule):
         return SequenceLogProbs(sum=batch[total].float(), count=batch[count])
 
     def objective_output(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
-        labels = batch["labels"]
+        labels, targets = batch["labels"], batch_targets(batch)
         if self.objective.scored_tokens == "all":  # every non-pad token (the official PoFT code)
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-        # memory-lean log-probs: hidden states projected to the vocabulary a chunk at a time
+            targets = None  # the collate's targets are the response's: every position is projected
+        # memory-lean log-probs: the response positions (found by the collate on the host) projected
+        # to the vocabulary a chunk at a time
         policy = model_sequence_logprobs(
-            self.model, batch["input_ids"], batch["attention_mask"], labels, self.logprob_chunk_rows
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            labels,
+            self.logprob_chunk_rows,
+            targets=targets,
         )
         if not self.objective.needs_reference:
             return self.objective(policy, batch)

@@ -153,30 +153,47 @@ def train_samples(cfg: DictConfig) -> int | None:
     return rows + int(noise or 0)
 
 
-def throughput(cfg: DictConfig, numbers: dict, setup: Setup, settings: PlanSettings, sequences: int) -> dict:
+def throughput(
+    cfg: DictConfig,
+    numbers: dict,
+    setup: Setup,
+    settings: PlanSettings,
+    sequences: int,
+    head_tokens: int | None = None,
+) -> dict:
     """Tokens and model FLOPs per optimizer step, and the run's GPU-hours at the MFU.
 
-    Model FLOPs per token: 6 x (parameters doing matmuls: all but the input embedding, unless tied)
-    + 12 x layers x hidden x sequence (attention scores and values, counted for the full S x S as in
-    torchtitan, whose MFU figure the default comes from; causal kernels do half). Activation
-    recomputation is not model FLOPs (MFU counts useful work). Every sequence at full length.
+    Model FLOPs per token: 6 x (parameters doing matmuls: all but the input embedding, unless tied,
+    and but the LM head) + 12 x layers x hidden x sequence (attention scores and values, counted for
+    the full S x S as in torchtitan, whose MFU figure the default comes from; causal kernels do
+    half). The LM head's 6 x vocabulary x hidden FLOPs count once per position it projects,
+    ``head_tokens`` per micro-batch (the collate's response targets, which the lean log-prob path
+    projects; ``None``: every token): ``head_flops_per_step``. Activation recomputation is not model
+    FLOPs (MFU counts useful work). Every sequence at full length.
     """
     card = gpu(settings.gpu)
     counts = parameter_count(numbers)
     tied = bool(numbers.get("tie_word_embeddings", False))
-    matmul_params = counts["total"] - (0 if tied else numbers["vocab_size"] * numbers["hidden_size"])
+    head_params = numbers["vocab_size"] * numbers["hidden_size"]
+    body_params = counts["total"] - (0 if tied else head_params) - head_params
     layers, hidden = numbers["num_hidden_layers"], numbers["hidden_size"]
-    flops_per_token = 6 * matmul_params + 12 * layers * hidden * setup.seq_len
+    flops_per_token = 6 * body_params + 12 * layers * hidden * setup.seq_len
     rows = setup.micro_batch * sequences
-    tokens = setup.world_size * rows * setup.seq_len * setup.accumulate
+    micro_batches = setup.world_size * setup.accumulate
+    tokens = micro_batches * rows * setup.seq_len
+    projected = micro_batches * (rows * setup.seq_len if head_tokens is None else head_tokens)
+    head_flops = 6 * head_params * projected
+    flops_per_step = tokens * flops_per_token + head_flops
     mfu = settings.mfu if settings.mfu is not None else float(card["mfu"])
-    seconds = tokens * flops_per_token / (setup.world_size * mfu * card["bf16_tflops"] * 1e12)
+    seconds = flops_per_step / (setup.world_size * mfu * card["bf16_tflops"] * 1e12)
     samples = settings.dataset_samples or train_samples(cfg)
     epochs = int(cfg.trainer.get("max_epochs") or 1)
     result = {
         "tokens_per_step": tokens,
+        "head_tokens_per_step": projected,
         "flops_per_token": flops_per_token,
-        "flops_per_step": tokens * flops_per_token,
+        "head_flops_per_step": head_flops,
+        "flops_per_step": flops_per_step,
         "mfu": mfu,
         "mfu_source": "plan.mfu" if settings.mfu is not None else card["mfu_source"],
         "seconds_per_step": round(seconds, 3),
@@ -295,7 +312,7 @@ def make_plan(cfg: DictConfig, settings: PlanSettings) -> Plan:
         "sequences_per_sample": sequences,
         "gpu": settings.gpu,
     }
-    rates = throughput(cfg, numbers, setup, settings, sequences)
+    rates = throughput(cfg, numbers, setup, settings, sequences, memory.head_tokens)
     planned = build_module(cfg, numbers, setup, device="meta")[0].model
     trainable = [(n, p.dtype, p.numel()) for n, p in planned.named_parameters() if p.requires_grad]
     plan = Plan(
@@ -394,9 +411,13 @@ def format_plan(plan: Plan) -> str:
     t = plan.throughput
     lines += [
         "",
-        f"tokens/step {t['tokens_per_step']:,} | model FLOPs/token {t['flops_per_token']:.3e} | "
+        f"tokens/step {t['tokens_per_step']:,} | model FLOPs/token {t['flops_per_token']:.3e} "
+        f"without the LM head, whose {t['head_flops_per_step']:.3e} FLOPs/step count its "
+        f"{t['head_tokens_per_step']:,} projected (response) positions | "
         f"FLOPs/step {t['flops_per_step']:.3e} | at MFU {t['mfu']:.2f} ({t['mfu_source']}): "
         f"{t['seconds_per_step']:.2f} s/step, {t['gpu_hours_per_1000_steps']:,} GPU-hours / 1000 steps",
+        "memory: the simulated step's own batch, whose LM head projects only its response targets "
+        "(every token but each sequence's first: the worst case)",
     ]
     if "gpu_hours" in t:
         lines.append(

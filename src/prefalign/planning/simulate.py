@@ -100,6 +100,9 @@ class StepMemory:
     first_step_peak: int
     layer_forwards: int = 0
     findings: list[Finding] = field(default_factory=list)
+    head_tokens: int | None = None
+    """Positions the LM head projects per micro-batch: the collate's response targets, bucket
+    padding included (the lean log-prob path projects only those); ``None``: every token."""
 
 
 def _strategy(trainer_cfg: Mapping[str, Any], world_size: int) -> tuple[str, bool, bool]:
@@ -453,4 +456,13 @@ def simulate_step(
         first_step_peak=peaks[0][1],
         layer_forwards=counter[0] // min(setup.accumulate, 2),  # per micro-batch
         findings=watch.findings,
+        head_tokens=_head_tokens(objective, batch_cpu),
     )
+
+
+def _head_tokens(objective, batch: Mapping[str, Any]) -> int | None:
+    """The positions the step's lean log-prob path projects: the batch's response targets, unless
+    the objective scores every token (PoFT's ``scored_tokens=all``) or the batch has none."""
+    if getattr(objective, "scored_tokens", "response") == "all" or "target_token" not in batch:
+        return None
+    return len(batch["target_token"])

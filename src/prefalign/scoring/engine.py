@@ -100,7 +100,7 @@ from prefalign.scoring.cache import (
     table_digest,
     write_shard,
 )
-from prefalign.scoring.logprobs import model_sequence_logprobs
+from prefalign.scoring.logprobs import batch_targets, model_sequence_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +273,13 @@ class ScoringModule(L.LightningModule):
         )
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        scores = model_sequence_logprobs(  # memory-lean: response positions only
-            self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], self.logprob_chunk_rows
+        scores = model_sequence_logprobs(  # memory-lean: the collate's response positions only
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            self.logprob_chunk_rows,
+            targets=batch_targets(batch),
         )
         return {
             "id": list(batch["id"]),

@@ -13,15 +13,19 @@ Two paths give the same values:
 - memory-lean (:func:`model_sequence_logprobs`, :func:`model_gathered_sequence_logprobs`, the
   default of training and scoring): the model's last hidden states, projected to the vocabulary a
   bounded chunk at a time, so no full-vocabulary logits exist for every position at once (the idea
-  of fused linear cross-entropy kernels). On padded rows every position is projected and the
-  non-response ones zeroed (static shapes, no host sync); shared-prompt rows project only the
-  indexed response positions. Peak memory
-  then no longer grows with the vocabulary beyond the output matrix itself
-  (``benchmarks/logprob_memory.py``).
+  of fused linear cross-entropy kernels). Only the response positions are projected: the collate
+  function finds them on the host and hands the batch their indices (``target_*``,
+  :func:`prefalign.data.batching.response_targets` for padded rows,
+  :func:`prefalign.data.packing.collate_shared_prompts` for shared-prompt rows), padded to a
+  bucket size so shapes repeat, so the device never waits for the host (no ``nonzero()``). Without
+  them (labels built on the device, e.g. PoFT's ``scored_tokens=all``) every position is projected
+  and the non-response ones zeroed. Peak memory then no longer grows with the vocabulary beyond the
+  output matrix itself (``benchmarks/logprob_memory.py``, ``benchmarks/logprobs_real_vocab.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from prefalign.data.batching import TARGET_KEYS
 from prefalign.data.chat import IGNORE_INDEX
 
 
@@ -180,41 +185,62 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (hidden @ weight.T).float()
 
 
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
 class _LinearLogProbs(torch.autograd.Function):
     """log p(token | hidden) through a bias-free linear head, one chunk of logits at a time.
 
-    Forward keeps only each position's log-normaliser; backward recomputes each chunk's logits and
-    accumulates the head's gradient into a single fp32 buffer, so neither pass holds more than one
-    chunk of logits, and the output matrix's gradient exists once (not once per chunk).
+    Forward keeps each position's log-normaliser and the last chunk's logits; backward takes that
+    chunk first (no recomputation: with a single chunk, the head's matmuls are those of the full
+    path, one forward and two backward), frees it, then recomputes each other chunk's logits under
+    the forward's autocast state (so a bf16-autocast forward's normaliser matches the recomputed
+    logits: the softmax stays normalised). The head's gradient accumulates into a single fp32
+    buffer, so neither pass holds more than one chunk of logits, and the output matrix's gradient
+    exists once (not once per chunk).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, tokens, step):
         lse = torch.empty(len(tokens), dtype=torch.float32, device=hidden.device)
         target = torch.empty_like(lse)
-        for start in range(0, len(tokens), step):
+        starts = range(0, len(tokens), step)
+        for start in starts:
             logits = _chunk_logits(hidden[start : start + step], weight)
             lse[start : start + step] = torch.logsumexp(logits, dim=-1)
             target[start : start + step] = logits.gather(1, tokens[start : start + step, None])[:, 0]
         ctx.save_for_backward(hidden, weight, tokens, lse)
         ctx.step = step
+        ctx.autocast = _autocast_state(hidden.device.type)
+        # the last chunk's logits, consumed (in place) by the first backward; a second backward
+        # (retain_graph) recomputes it like the others
+        ctx.kept = (starts[-1], logits)
         return target - lse
 
     @staticmethod
     def backward(ctx, grad_output):
         hidden, weight, tokens, lse = ctx.saved_tensors
         step = ctx.step
+        enabled, autocast_dtype = ctx.autocast
+        kept_start, kept, ctx.kept = *ctx.kept, (None, None)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = (
             torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             if ctx.needs_input_grad[1]
             else None
         )
-        for start in range(0, len(tokens), step):
+        starts = list(range(0, len(tokens), step))
+        for start in reversed(starts):  # the kept chunk first, then it is freed
             h = hidden[start : start + step]
-            logits = _chunk_logits(h, weight)
-            # d logp[t] / d logits = onehot(t) - softmax, scaled by the upstream gradient
-            grad_logits = torch.exp(logits - lse[start : start + step, None]).neg_()
+            if start == kept_start:
+                logits, kept = kept, None
+            else:
+                with torch.autocast(hidden.device.type, dtype=autocast_dtype, enabled=enabled):
+                    logits = _chunk_logits(h, weight)
+            # d logp[t] / d logits = onehot(t) - softmax, scaled by the upstream gradient; in place,
+            # so one chunk of logits is alive
+            grad_logits = logits.sub_(lse[start : start + step, None]).exp_().neg_()
             grad_logits.scatter_add_(
                 1, tokens[start : start + step, None], torch.ones_like(grad_logits[:, :1])
             )
@@ -223,7 +249,8 @@ class _LinearLogProbs(torch.autograd.Function):
                 grad_hidden[start : start + step] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.T, h.float())
-        if grad_weight is not None:
+            del logits, grad_logits
+        if grad_weight is not None and weight.dtype != torch.float32:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None
 
@@ -266,11 +293,38 @@ def hidden_logprobs(
 def _per_sequence(
     logps: torch.Tensor, slots: torch.Tensor, num_slots: int, device: torch.device
 ) -> SequenceLogProbs:
-    sums = torch.zeros(num_slots, dtype=torch.float32, device=device).index_add(0, slots, logps)
-    counts = torch.zeros(num_slots, dtype=torch.long, device=device).index_add(
+    """Sums and counts per slot; one extra slot (``num_slots``) takes the bucket padding of
+    :func:`prefalign.data.batching.pad_targets` and is dropped."""
+    sums = torch.zeros(num_slots + 1, dtype=torch.float32, device=device).index_add(0, slots, logps)
+    counts = torch.zeros(num_slots + 1, dtype=torch.long, device=device).index_add(
         0, slots, torch.ones_like(slots)
     )
-    return SequenceLogProbs(sum=sums, count=counts)
+    return SequenceLogProbs(sum=sums[:num_slots], count=counts[:num_slots])
+
+
+def _lean_gathered(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    num_slots: int,
+    chunk_tokens: int | None,
+) -> SequenceLogProbs:
+    """The lean path over explicit targets ``(rows, positions, tokens, slots)``: the hidden states at
+    ``(rows, positions)`` gathered by a flat ``index_select`` (a shape fixed by the targets)."""
+    rows, positions, tokens, slots = targets
+    hidden = last_hidden_states(model, **inputs)
+    head, softcap = _output_head(model)
+    flat = hidden.flatten(0, 1).index_select(0, rows * hidden.shape[1] + positions)
+    logps = hidden_logprobs(flat, tokens, head, chunk_tokens, softcap)
+    return _per_sequence(logps, slots, num_slots, hidden.device)
+
+
+def batch_targets(batch: Any) -> tuple[torch.Tensor, ...] | None:
+    """The batch's response targets (:data:`prefalign.data.batching.TARGET_KEYS`) as a tuple, or
+    ``None`` when its collate did not add them."""
+    if not all(key in batch for key in TARGET_KEYS):
+        return None
+    return tuple(batch[key] for key in TARGET_KEYS)
 
 
 def model_sequence_logprobs(
@@ -280,6 +334,7 @@ def model_sequence_logprobs(
     labels: torch.Tensor,
     chunk_rows: int | None = None,
     lean: bool = True,
+    targets: Sequence[torch.Tensor] | None = None,
 ) -> SequenceLogProbs:
     """:func:`sequence_logprobs` of ``model`` on a padded batch (one row per sequence).
 
@@ -289,29 +344,33 @@ def model_sequence_logprobs(
         chunk_rows: chunk size in sequences' worth of tokens (``chunk_rows * T`` positions per
             chunk on the lean path, ``chunk_rows`` rows on the full-logits path); ``None``: the lean
             path's :data:`LOGIT_CHUNK_ELEMENTS` budget, the full path's whole batch.
-        lean: ``True`` (default): the hidden states are projected to the vocabulary in chunks, every
-            position (static shapes), the non-response ones zeroed; ``False``: the reference path
-            over the model's full logits.
+        lean: ``True`` (default): the hidden states are projected to the vocabulary in chunks;
+            ``False``: the reference path over the model's full logits.
+        targets: the response targets of ``labels`` found on the host
+            (:func:`prefalign.data.batching.response_targets`, in :func:`batch_targets` order): the
+            lean path then projects only those positions. ``None``: every position is projected
+            and the non-response ones zeroed (static shapes, no host sync either).
     """
     if not lean:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return sequence_logprobs(logits, labels, chunk_rows)
+    chunk = None if chunk_rows is None else chunk_rows * input_ids.shape[1]
+    if targets is not None:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return _lean_gathered(model, inputs, targets, input_ids.shape[0], chunk)
     hidden = last_hidden_states(model, input_ids=input_ids, attention_mask=attention_mask)
     head, softcap = _output_head(model)
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    # Static shapes: every position is projected and the non-response ones are zeroed, rather than
-    # gathering the response positions with nonzero(), whose data-dependent shape makes the GPU wait
-    # for the host every step (found by prefalign-plan). The price is the head's FLOPs on prompt
-    # positions (about 2% of a 7B model's per-token FLOPs with a 32k vocabulary, 7% with 128k,
-    # times the prompt share). The zeros added in order leave the sums as they were (bit for bit in
-    # tests/scoring/test_logprobs.py; chunks of other sizes may round the head's matmul differently).
-    batch, positions = targets.shape
+    shifted = labels[:, 1:]
+    mask = shifted != IGNORE_INDEX
+    # Every position is projected and the non-response ones are zeroed: the labels' response
+    # positions would need nonzero(), whose data-dependent shape makes the GPU wait for the host
+    # (found by prefalign-plan). The zeros added in order leave the sums as they were.
+    batch, positions = shifted.shape
     logps = hidden_logprobs(
         hidden[:, :-1].reshape(batch * positions, hidden.shape[-1]),
-        targets.masked_fill(~mask, 0).reshape(-1),
+        shifted.masked_fill(~mask, 0).reshape(-1),
         head,
-        None if chunk_rows is None else chunk_rows * input_ids.shape[1],
+        chunk,
         softcap,
     )
     logps = torch.where(mask.reshape(-1), logps, 0.0)
@@ -344,7 +403,4 @@ def model_gathered_sequence_logprobs(
     if not lean:
         logits = model(**inputs, use_cache=False).logits
         return gathered_sequence_logprobs(logits, rows, positions, tokens, slots, num_slots, chunk_tokens)
-    hidden = last_hidden_states(model, **inputs)
-    head, softcap = _output_head(model)
-    logps = hidden_logprobs(hidden[rows, positions], tokens, head, chunk_tokens, softcap)
-    return _per_sequence(logps, slots, num_slots, hidden.device)
+    return _lean_gathered(model, inputs, (rows, positions, tokens, slots), num_slots, chunk_tokens)

@@ -190,7 +190,9 @@ def write_hf_export(
         # config.json names the dtype the files hold (save_pretrained writes the model's own)
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         config["dtype"] = dtype
-        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (folder / "config.json").write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
     if tokenizer is None:
         return
     save_tokenizer(tokenizer, folder)
