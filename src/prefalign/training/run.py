@@ -32,7 +32,7 @@ from prefalign.models.loading import load_model_and_tokenizer
 from prefalign.objectives.base import Objective
 from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
-from prefalign.training.resume import latest_checkpoint
+from prefalign.training.resume import checkpoint_global_step, latest_checkpoint
 from prefalign.training.signals import Interrupted, StopOnSignal
 from prefalign.training.verification import check_checkpoint_fits, verify_checkpoint
 
@@ -96,7 +96,10 @@ def choose_wandb_mode() -> str:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    """Instantiate the loggers; a W&B logger resumes the run stored in ``ckpt_path``."""
+    """Instantiate the loggers; a W&B logger resumes the run stored in ``ckpt_path``, and the CSV
+    logger continues the run's ``metrics.csv`` (:mod:`prefalign.training.loggers`)."""
+    from prefalign.training.loggers import CSVLogger
+
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None:
@@ -110,6 +113,11 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
                 log.info("resuming W&B run %s", run_id)
         loggers.append(instantiate(logger_cfg, **overrides))
         log.debug("logger %s ready", name)
+    if cfg.get("ckpt_path") and any(isinstance(logger, CSVLogger) for logger in loggers):
+        step = checkpoint_global_step(Path(cfg.ckpt_path))
+        for logger in loggers:
+            if isinstance(logger, CSVLogger):
+                logger.resume_at(step)
     return loggers
 
 
