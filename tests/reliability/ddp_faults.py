@@ -76,6 +76,7 @@ COMMON = [
     "data.val.limit=8",
     "data.batch_size=4",
     "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1",
     "logger=csv",
     "callbacks.progress_bar=null",
     "hydra.job.chdir=false",
