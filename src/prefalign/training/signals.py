@@ -130,6 +130,73 @@ def ranks_lost_error(trainer: L.Trainer, error: BaseException) -> RanksLost:
     )
 
 
+class RankObserver(threading.Thread):
+    """In the parent of Lightning's DDP launcher, in place of Lightning's child-process observer
+    (which SIGKILLs the parent and every rank, 5 s at most after any rank exits non-zero, a rank
+    stopped by a signal with status 143 included, before the parent has said anything): when a
+    child rank exits non-zero, it logs which rank and how, then leaves the parent ``grace_s`` to
+    stop by itself (naming the rank, :class:`RanksLost`, or with the agreed signal), and only then
+    kills what is left, so that no rank outlives a hung parent."""
+
+    def __init__(self, procs: list[Any], grace_s: float, period_s: float = 0.5) -> None:
+        super().__init__(daemon=True, name="prefalign-rank-observer")  # ends with the parent
+        self.procs, self.grace_s, self.period_s = procs, grace_s, period_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        """Watch the child ranks until all ended with status 0 or :meth:`stop` is called."""
+        while not self.stopped.wait(self.period_s):
+            codes = [proc.poll() for proc in self.procs]
+            if all(code == 0 for code in codes):
+                return
+            failed = [(rank, proc) for rank, proc in enumerate(self.procs, start=1) if proc.returncode]
+            if failed:
+                rank, proc = failed[0]
+                how = (
+                    signal.Signals(-proc.returncode).name
+                    if proc.returncode < 0
+                    else f"status {proc.returncode}"
+                )
+                log.warning(
+                    "rank %d (pid %d) ended (%s); the parent stops within %g s or is killed with the other ranks",
+                    rank,
+                    proc.pid,
+                    how,
+                    self.grace_s,
+                )
+                if self.stopped.wait(self.grace_s):
+                    return
+                log.error(
+                    "the parent did not stop within %g s after rank %d ended: killing every rank",
+                    self.grace_s,
+                    rank,
+                )
+                for other in self.procs:
+                    if other.poll() is None:
+                        other.kill()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Stop watching (the fit ended)."""
+        self.stopped.set()
+
+
+def _replace_lightnings_observer(trainer: L.Trainer, grace_s: float) -> RankObserver | None:
+    """In the parent of Lightning's subprocess launcher: Lightning's child-process observer made
+    harmless and a :class:`RankObserver` started over the same child ranks."""
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    procs = getattr(getattr(trainer.strategy, "launcher", None), "procs", None)
+    if not procs:
+        return None
+    for thread in threading.enumerate():
+        if isinstance(thread, _ChildProcessObserver):
+            thread._run = lambda: True  # noqa: SLF001 - its next look ends it without killing anything
+    observer = RankObserver(procs, grace_s)
+    observer.start()
+    return observer
+
+
 class StopOnSignal(L.Callback):
     """On SIGTERM or SIGINT during a fit: stop at the end of the optimiser step under way (on every
     rank at the same step), write a resumable checkpoint and stop (see the module docstring);
@@ -159,6 +226,7 @@ class StopOnSignal(L.Callback):
         self._requeue_handler: Any = None
         self._requeue_asked = False
         self._agreed_step = -1
+        self._observer: RankObserver | None = None
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
         """Where the checkpoint taken at a signal goes."""
@@ -181,6 +249,8 @@ class StopOnSignal(L.Callback):
             self._group = torch.distributed.new_group(
                 backend="gloo", timeout=datetime.timedelta(seconds=self.timeout_s)
             )
+            if self._observer is None:
+                self._observer = _replace_lightnings_observer(trainer, grace_s=self.timeout_s)
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set in the main thread
         self._deferring = contextlib.ExitStack()
@@ -310,8 +380,12 @@ class StopOnSignal(L.Callback):
         self._restore(keep_deferring=True)  # train() reads what arrived after the loop, then closes
 
     def close(self) -> None:
-        """Stop receiving signals from :func:`raise_on_signals` and free the exchange's group."""
+        """Stop receiving signals from :func:`raise_on_signals`, free the exchange's group and stop
+        watching the child ranks."""
         self._restore()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer = None
         if self._group is not None and torch.distributed.is_initialized():
             with contextlib.suppress(Exception):  # local; a lost peer must not hide the first error
                 torch.distributed.destroy_process_group(self._group)
