@@ -397,3 +397,43 @@ def validate_train_config(cfg: DictConfig, check_model_paths: bool = True) -> No
             "fp16" if precision.startswith("16") else "bf16 (AVX512-BF16 / AMX)",
         )
     check_master_weights_config(cfg)
+
+
+def validate_score_config(cfg: DictConfig) -> None:
+    """Check a ``score`` config (``prefalign-score``) before anything is loaded or any folder is
+    created; raises :class:`ConfigError` naming the key: the aligned ensemble (members, aggregation,
+    ``aligned.max_length``, ``aligned.batch_size``), ``splits`` (each a source of the data config),
+    ``shard_size``, ``lock_timeout`` and ``export.format``."""
+    from prefalign.data.hf_datasets import FORMATS
+    from prefalign.scoring.aligned import members_used
+
+    members = OmegaConf.select(cfg, "aligned.members", default=None)
+    if not isinstance(members, DictConfig) or not members:
+        raise ConfigError("config key `aligned.members`: at least one member model is required")
+    try:
+        members_used({"members": dict(members), "aggregation": OmegaConf.select(cfg, "aligned.aggregation")})
+    except ValueError as err:
+        raise ConfigError(f"config key `aligned.aggregation`: {err}") from err
+    for key in ("aligned.max_length", "aligned.batch_size", "shard_size"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if not _is_int(value) or value < 1:
+            raise ConfigError(f"config key `{key}` must be an integer >= 1, got {value!r}")
+    splits = OmegaConf.select(cfg, "splits", default=None)
+    if not isinstance(splits, ListConfig) or not splits:
+        raise ConfigError(
+            f"config key `splits`: a non-empty list of data sources (e.g. [train, val]), got {splits!r}"
+        )
+    for split in splits:
+        if OmegaConf.select(cfg, f"data.{split}", default=None) is None:
+            raise ConfigError(f"config key `splits`: the data config has no `data.{split}` source")
+        _check_source(cfg, f"data.{split}")
+    timeout = OmegaConf.select(cfg, "lock_timeout", default=None)
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+    ):
+        raise ConfigError(
+            f"config key `lock_timeout`: seconds >= 0 or null (wait while the writer lives), got {timeout!r}"
+        )
+    export_format = OmegaConf.select(cfg, "export.format", default="hf")
+    if OmegaConf.select(cfg, "export.dir", default=None) and export_format not in FORMATS:
+        raise ConfigError(f"config key `export.format`: one of {FORMATS}, got {export_format!r}")

@@ -56,8 +56,8 @@ def test_first_user_turn_without_system_message_every_drop_counted(tmp_path):
         {"id": "sys", "prompt": "Hello there?"},
         {"id": "b", "prompt": "Last question?"},
     ]
-    assert dict(report.counts) == {"assistant_before_user": 1, "empty_first_turn": 1}
-    assert report.examples["empty_first_turn"] == ["blank"] and report.total == 5
+    assert dict(report.counts) == {"assistant_before_user": 1, "empty_user_message": 1}
+    assert report.examples["empty_user_message"] == ["blank"] and report.total == 5
 
 
 def test_limit_applies_to_conversations_and_the_rows_feed_the_sso_pipeline(tmp_path):

@@ -334,6 +334,11 @@ BAD = {
         _conv(("system", "s"), ("assistant", "a"), ("user", "b"), ("assistant", "c")),
         "before any user turn",
     ),
+    "empty_user_message": (_conv(("user", ""), ("assistant", "b")), "user turn 0 is empty"),
+    "empty_later_user_message": (
+        _conv(("system", "s"), ("user", "a"), ("assistant", "b"), ("user", " \n"), ("assistant", "c")),
+        "user turn 3 is empty",
+    ),
 }
 
 
@@ -421,6 +426,8 @@ def test_drop_removes_bad_rows_and_counts_every_reason(tmp_path):
         ROWS[2],  # kept (content id)
         {"id": "b", "messages": HELLO},  # duplicate of row 2's id
         {"id": "r-none2", "messages": _conv(("user", "q"))},
+        {"id": "r-user", "messages": BAD["empty_user_message"][0]},
+        {"id": "r-user2", "messages": BAD["empty_later_user_message"][0]},
     ]
     path = _write_jsonl(tmp_path / "mixed.jsonl", rows)
     ds, report = _normalise(path, on_invalid="drop")
@@ -432,14 +439,16 @@ def test_drop_removes_bad_rows_and_counts_every_reason(tmp_path):
         "empty_response": 2,
         "assistant_before_user": 1,
         "duplicate_id": 2,
+        "empty_user_message": 2,
     }
     assert report.examples["no_assistant_turn"] == ["r-none", "r-none2"]
+    assert report.examples["empty_user_message"] == ["r-user", "r-user2"]
     assert report.examples["duplicate_id"] == ["a", "b"]
-    assert report.total == len(rows) == 11
-    assert report.dropped == 8
+    assert report.total == len(rows) == 13
+    assert report.dropped == 10
     assert len(ds) + report.dropped == report.total  # nothing dropped silently
     summary = report.summary(str(path))
-    assert summary.startswith(f"{path}: dropped 8 of 11 samples")
+    assert summary.startswith(f"{path}: dropped 10 of 13 samples")
     for reason, n in report.counts.items():
         assert f"{reason}: {n}" in summary
 

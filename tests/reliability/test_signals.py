@@ -270,3 +270,30 @@ def test_sso_records_the_interrupted_stage_and_the_rerun_continues_its_fit(tmp_p
     assert "step.ckpt (global step 2)" in out
     assert (iteration / "train.done.json").exists() and (iteration / "evaluate.done.json").exists()
     assert not (iteration / "train.interrupted.json").exists()
+
+
+def test_a_signal_after_the_fits_loop_is_recorded_for_the_fit_not_raised():
+    """Between the end of the training loop and the end of ``train()`` (the final export) the
+    signal is noted by the fit's StopOnSignal, which raises Interrupted once the export is written."""
+    from prefalign.core.signals import deferring_to
+    from prefalign.training.signals import StopOnSignal
+
+    stopper = StopOnSignal()
+    with raise_on_signals(), deferring_to(stopper):
+        signal.raise_signal(signal.SIGTERM)  # no Interrupted here: recorded
+        signal.raise_signal(signal.SIGINT)
+    assert stopper.signum == signal.SIGTERM  # SIGTERM wins over SIGINT
+
+
+def test_lost_peers_are_recognised_and_the_timeout_is_checked():
+    from prefalign.training.signals import RanksLost, StopOnSignal, is_lost_peer
+
+    gloo = RuntimeError(
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error [127.0.0.1]:1234: Connection reset by peer"
+    )
+    wrapped = ValueError("while logging")
+    wrapped.__cause__ = gloo
+    assert is_lost_peer(gloo) and is_lost_peer(wrapped) and is_lost_peer(RanksLost("rank 1 stopped"))
+    assert not is_lost_peer(RuntimeError("CUDA out of memory")) and not is_lost_peer(KeyError("x"))
+    with pytest.raises(ValueError, match="callbacks.stop_on_signal.timeout_s must be a positive number"):
+        StopOnSignal(timeout_s=0)

@@ -24,34 +24,29 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from prefalign.config import config_dir, register_resolvers
+from prefalign.config import config_dir, register_resolvers, validate_score_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
 
 def score(cfg: DictConfig) -> list[dict]:
-    """Score every requested split with every member the aggregation uses; return a summary row each (every rank)."""
+    """Score every requested split with every member the aggregation uses; return a summary row each
+    (every rank). The config is checked first (:func:`prefalign.config.validate_score_config`)."""
     # imported here, not at the top: the app's --help / --cfg job never load torch or datasets
     from prefalign.core.ranks import world
     from prefalign.data.datamodule import DataSource, load_conversations
-    from prefalign.data.hf_datasets import FORMATS
     from prefalign.data.records import ColumnMap
     from prefalign.scoring.aligned import members_used
     from prefalign.scoring.engine import score_conversations
 
-    export_format = OmegaConf.select(cfg, "export.format", default="hf")
-    if OmegaConf.select(cfg, "export.dir", default=None) and export_format not in FORMATS:
-        raise ValueError(f"config key `export.format`: one of {FORMATS}, got {export_format!r}")
+    validate_score_config(cfg)  # naming the key, before any folder or cache is made
     aligned = OmegaConf.to_container(cfg.aligned, resolve=True)
     columns = ColumnMap.from_config(OmegaConf.to_container(cfg.data.columns, resolve=True))
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     rows, scored = [], {}
     for split in cfg.splits:
-        source_cfg = cfg.data.get(split)
-        if source_cfg is None:
-            raise ValueError(f"splits: the data config has no `{split}` source")
-        source = DataSource.from_config(OmegaConf.to_container(source_cfg, resolve=True))
+        source = DataSource.from_config(OmegaConf.to_container(cfg.data[split], resolve=True))
         noise = OmegaConf.to_container(cfg.data.noise, resolve=True) if cfg.data.get("noise") else None
         ds, _ = load_conversations(
             source, columns, cfg.data.on_invalid, cfg.data.get("num_proc"), split, noise

@@ -61,7 +61,8 @@ def raise_on_signals() -> Iterator[None]:
 
     def handle(signum: int, frame: Any) -> None:
         if _running_fit is not None:
-            return  # the fit stops at the end of its step (Lightning called us from its handler)
+            _running_fit.record(signum)  # the fit stops at its step's end, or after it (its export)
+            return
         raise Interrupted(signum, "while no training step was running; nothing was saved at the signal")
 
     previous = {signum: signal.signal(signum, handle) for signum in HANDLED}

@@ -21,8 +21,9 @@ def first_turn_prompts(
     """``{"id", "prompt"}`` rows: the first user turn of every conversation of ``source``.
 
     A system message before the first user turn is not part of the prompt (the pipeline sets its
-    own). A conversation whose first user turn is empty (whitespace only) is counted as
-    ``empty_first_turn``; every record the loader drops is counted under its reason.
+    own). A conversation with an empty (whitespace-only) user turn is a bad record of the loader
+    (``empty_user_message``: an error naming the row, or with ``on_invalid="drop"`` dropped and
+    counted); every record the loader drops is counted under its reason.
 
     Returns:
         The rows, in the source's order, and the report of what was dropped (``total``: the
@@ -31,9 +32,6 @@ def first_turn_prompts(
     ds, report = load_conversations(source, columns, on_invalid, num_proc)
     rows = []
     for sample_id, messages in zip(ds[ID], ds[MESSAGES], strict=True):
-        first = next(m["content"] for m in messages if m["role"] == "user")  # validated: there is one
-        if not first.strip():
-            report.add("empty_first_turn", str(sample_id))
-            continue
+        first = next(m["content"] for m in messages if m["role"] == "user")  # validated: not empty
         rows.append({ID: str(sample_id), "prompt": first})
     return rows, report

@@ -394,6 +394,9 @@ def _check_messages(messages: list[dict[str, str]]) -> str:
     first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
     if first_user is None or first_user > assistant_turns[0]:
         return "assistant_before_user|the first assistant turn comes before any user turn"
+    for i, message in enumerate(messages):
+        if message["role"] == "user" and not message["content"].strip():
+            return f"empty_user_message|user turn {i} is empty (whitespace only)"
     for i in assistant_turns:
         if not messages[i]["content"].strip():
             return f"empty_response|assistant turn {i} has an empty response"

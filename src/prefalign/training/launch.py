@@ -94,6 +94,14 @@ def child_rank_argv(argv: Sequence[str], environ: dict[str, str] | None = None) 
     ]
 
 
+def parent_pid() -> int | None:
+    """In a child rank Lightning started for a parent's job, the parent's process id (rank 0)."""
+    if not is_child_rank():
+        return None
+    pid = json.loads(os.environ[PARENT_JOB_ENV]).get("pid")
+    return int(pid) if pid is not None else None
+
+
 def is_child_rank() -> bool:
     """Whether this process is a child rank started for a parent's job (see :func:`child_rank_argv`)."""
     return launched_local_rank() > 0 and PARENT_JOB_ENV in os.environ
@@ -119,6 +127,7 @@ def parent_job() -> Iterator[None]:
         "overrides": list(hc.overrides.task),
         "output_dir": str(hc.runtime.output_dir),
         "job_name": str(hc.job.name),
+        "pid": os.getpid(),  # a child rank names its parent when it stops answering
     }
     with _launcher_environment({PARENT_JOB_ENV: json.dumps(job)}):
         yield

@@ -28,14 +28,14 @@ log = logging.getLogger(__name__)
 RESUMABLE_NAMES = ("last.ckpt", "step.ckpt")
 
 
-def checkpoint_global_step(path: Path) -> int:
-    """The optimiser steps a Lightning checkpoint (file or sharded folder) was taken after.
-
-    A file is memory-mapped, so its tensors are not read.
+def checkpoint_state(path: str | Path) -> dict:
+    """The loop state of a Lightning checkpoint (a file, memory-mapped so that its tensors are not
+    read, or a sharded folder's ``meta.pt``).
 
     Raises:
         ValueError: the checkpoint cannot be read or holds no ``global_step`` (naming the path).
     """
+    path = Path(path)
     source = path / "meta.pt" if path.is_dir() else path
     try:
         state = torch.load(source, map_location="cpu", weights_only=False, mmap=path.is_file())
@@ -43,7 +43,13 @@ def checkpoint_global_step(path: Path) -> int:
         raise ValueError(f"checkpoint {source} cannot be read ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict) or "global_step" not in state:
         raise ValueError(f"checkpoint {source} holds no global_step: not a Lightning checkpoint")
-    return int(state["global_step"])
+    return state
+
+
+def checkpoint_global_step(path: Path) -> int:
+    """The optimiser steps a Lightning checkpoint (file or sharded folder) was taken after
+    (:func:`checkpoint_state`)."""
+    return int(checkpoint_state(path)["global_step"])
 
 
 def set_aside(path: Path) -> None:

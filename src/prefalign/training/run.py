@@ -33,8 +33,8 @@ from prefalign.objectives.base import Objective
 from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
 from prefalign.training.precision import check_master_weights
-from prefalign.training.resume import latest_checkpoint
-from prefalign.training.signals import Interrupted, StopOnSignal
+from prefalign.training.resume import checkpoint_global_step, latest_checkpoint
+from prefalign.training.signals import Interrupted, StopOnSignal, is_lost_peer, ranks_lost_error
 from prefalign.training.verification import check_checkpoint_fits, verify_checkpoint
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,10 @@ def choose_wandb_mode() -> str:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    """Instantiate the loggers; a W&B logger resumes the run stored in ``ckpt_path``."""
+    """Instantiate the loggers; a W&B logger resumes the run stored in ``ckpt_path``, and the CSV
+    logger continues the run's ``metrics.csv`` (:mod:`prefalign.training.loggers`)."""
+    from prefalign.training.loggers import CSVLogger
+
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None:
@@ -111,6 +114,11 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
                 log.info("resuming W&B run %s", run_id)
         loggers.append(instantiate(logger_cfg, **overrides))
         log.debug("logger %s ready", name)
+    if cfg.get("ckpt_path") and any(isinstance(logger, CSVLogger) for logger in loggers):
+        step = checkpoint_global_step(Path(cfg.ckpt_path))
+        for logger in loggers:
+            if isinstance(logger, CSVLogger):
+                logger.resume_at(step)
     return loggers
 
 
@@ -266,13 +274,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config["_hydra"] = hydra_run_info()  # chosen groups, command-line overrides, sweep (not in cfg)
     for logger in loggers:
         logger.log_hyperparams(config)
+    stopper = next((c for c in callbacks if isinstance(c, StopOnSignal)), None)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        after = stopper.agree_after_fit(trainer) if stopper else None  # a signal during the export
     except SIGTERMException as stop:  # a SystemExit without a code: exit status 0 if left alone
-        stopper = next((c for c in callbacks if isinstance(c, StopOnSignal)), None)
         error = stopper.interrupted(trainer) if stopper else Interrupted(signal.SIGTERM, "no checkpoint")
         log.error("%s", error)
         raise error from stop
+    except Exception as failure:
+        if trainer.world_size > 1 and is_lost_peer(failure):  # name the rank, say how to resume
+            error = ranks_lost_error(trainer, failure)
+            log.error("%s", error)
+            raise error from failure
+        raise
+    finally:
+        if stopper is not None:
+            stopper.close()
+    if after:
+        error = Interrupted(
+            after,
+            f"after the fit had finished (global step {trainer.global_step}): its checkpoints and export "
+            "are written; a rerun with ckpt_path=auto has nothing left to train",
+        )
+        log.error("%s", error)
+        raise error
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
