@@ -32,9 +32,9 @@ from prefalign.data.chat import tokenize_dataset
 from prefalign.data.preference import PreferenceDataModule
 from prefalign.data.records import ColumnMap, load_raw, normalise_records
 from prefalign.models.loading import TinySpec, build_tiny_model
+from prefalign.models.precision import cpu_has_bf16
 from prefalign.modules import MultiSequenceModule, SingleSequenceModule
 from prefalign.objectives import CrossEntropy, PairwisePreference
-from prefalign.training.precision import cpu_has_bf16
 
 RESULTS = Path(__file__).parent / "results" / "precision_speed.json"
 MODELS = {

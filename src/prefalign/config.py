@@ -387,7 +387,7 @@ def validate_train_config(cfg: DictConfig, check_model_paths: bool = True) -> No
             "config key `trainer.strategy`: Lightning's FSDP strategy needs GPUs; on CPU use trainer=fsdp2"
         )
     precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
-    from prefalign.training.precision import check_master_weights_config, cpu_has_bf16
+    from prefalign.models.precision import check_master_weights_config, cpu_has_bf16
 
     if on_cpu and (precision.startswith("16") or (precision.startswith("bf16") and not cpu_has_bf16())):
         log.warning(

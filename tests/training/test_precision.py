@@ -27,12 +27,12 @@ import torch
 from omegaconf import open_dict
 
 from prefalign.core.errors import ConfigError
-from prefalign.training.optim import StochasticRoundingAdamW, random_bits16, stochastic_round_bf16
-from prefalign.training.precision import (
+from prefalign.models.precision import (
     check_master_weights,
     half_spacing,
     lost_update_fraction,
 )
+from prefalign.training.optim import StochasticRoundingAdamW, random_bits16, stochastic_round_bf16
 from prefalign.training.run import run_task, train
 
 SSO_LR = "optimizer.lr=5e-7"

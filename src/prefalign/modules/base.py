@@ -71,14 +71,14 @@ class AlignmentModule(L.LightningModule):
 
         The shards keep the loaded dtype (fp32: the master weights and the optimizer state);
         under ``bf16-mixed`` each layer's parameters are cast to bf16 when gathered for compute and
-        gradients reduced in fp32 (:func:`prefalign.training.strategies.sharded_mixed_precision`)."""
+        gradients reduced in fp32 (:func:`prefalign.models.precision.sharded_mixed_precision`)."""
         mesh = self.device_mesh
         if mesh is None:
             return
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         from prefalign.models.layers import decoder_layers
-        from prefalign.training.strategies import sharded_mixed_precision
+        from prefalign.models.precision import sharded_mixed_precision
 
         policy = sharded_mixed_precision(str(self.trainer.precision))
         mp_policy = (

@@ -7,10 +7,10 @@ otherwise a sample of the architecture's initialisation: a one-layer copy of the
 small width, initialised by transformers (the Llama / Mistral / Qwen2 families draw every matrix
 from N(0, ``initializer_range``) whatever its shape, and norm weights are 1), each real
 parameter measured on its counterpart. The update is the first step's size, ``lr`` per element
-(:func:`prefalign.training.precision.lost_update_fraction`).
+(:func:`prefalign.models.precision.lost_update_fraction`).
 
 A plan fails (exit status 4) when more than
-:data:`prefalign.training.precision.MAX_LOST_FRACTION` of the updates at the peak learning rate are
+:data:`prefalign.models.precision.MAX_LOST_FRACTION` of the updates at the peak learning rate are
 lost, unless the optimizer rounds stochastically (``optimizer=adamw_bf16_sr``: no update is lost in
 expectation). The last step's figure is reported, not judged: a schedule that decays to 0 loses
 every update at its end in any dtype.
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prefalign.training.precision import (
+from prefalign.models.precision import (
     DTYPE_NAMES,
     MAX_LOST_FRACTION,
     SAMPLE_ELEMENTS,

@@ -27,12 +27,12 @@ from prefalign.data.chat import IGNORE_INDEX
 from prefalign.data.preference import PreferenceDataModule, collate_sequences
 from prefalign.models.layers import decoder_layers
 from prefalign.models.loading import DTYPES, prepare_causal_lm
+from prefalign.models.precision import sharded_mixed_precision
 from prefalign.planning import fake_gpu, torch_private
 from prefalign.planning.checks import Finding, PlanStepError, StepWatch, located_error
 from prefalign.planning.models import build_config
 from prefalign.training.run import build_module as build_training_module
 from prefalign.training.run import objective_wiring
-from prefalign.training.strategies import sharded_mixed_precision
 
 GIB = 2**30
 CATEGORIES = ("params", "grads", "optimizer", "activations", "temporaries")

@@ -1,7 +1,7 @@
 """AdamW for bf16 master weights that keeps updates below bf16's resolution: stochastic rounding.
 
 Round-to-nearest drops any update smaller than half a bf16 step of the weight (see
-:mod:`prefalign.training.precision`). Stochastic rounding rounds the fp32 result up or down with
+:mod:`prefalign.models.precision`). Stochastic rounding rounds the fp32 result up or down with
 probability proportional to its distance from each neighbour, so the rounded weight equals the
 fp32 one in expectation and small updates accumulate over steps instead of vanishing (Gupta et al.
 2015; Zamirai et al. 2020, "Revisiting BFloat16 Training"). The same is done to the two moments.
@@ -82,7 +82,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
     """
 
     keeps_low_precision_updates = True
-    """Read by :func:`prefalign.training.precision.check_master_weights`: bf16 weights may train."""
+    """Read by :func:`prefalign.models.precision.check_master_weights`: bf16 weights may train."""
 
     def __init__(
         self,

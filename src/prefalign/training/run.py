@@ -29,10 +29,10 @@ from prefalign.core.errors import ConfigError
 from prefalign.data.datamodule import ChatDataModule
 from prefalign.data.preference import PreferenceDataModule
 from prefalign.models.loading import frozen_model_config, load_model_and_tokenizer
+from prefalign.models.precision import check_master_weights
 from prefalign.objectives.base import Objective
 from prefalign.scoring.frozen import attach_frozen_columns
 from prefalign.training.callbacks import wandb_run_id_from_checkpoint
-from prefalign.training.precision import check_master_weights
 from prefalign.training.resume import checkpoint_global_step, latest_checkpoint
 from prefalign.training.signals import Interrupted, StopOnSignal, is_lost_peer, ranks_lost_error
 from prefalign.training.verification import check_checkpoint_fits, verify_checkpoint

@@ -1,5 +1,4 @@
-"""Distributed strategies that depend on the model (which decoder layers to wrap), and the one
-mixed-precision rule of the sharded strategies.
+"""Distributed strategies that depend on the model (which decoder layers to wrap).
 
 Mixed precision under FSDP (Lightning's FSDPStrategy) and FSDP2 (``fully_shard`` in
 :meth:`prefalign.modules.base.AlignmentModule.configure_model`): the module is sharded in the
@@ -7,39 +6,20 @@ dtype it was loaded in (fp32 for every paper config: the master weights and Adam
 unit's shards are cast to bf16 when gathered for compute (``param_dtype``), and gradients are
 reduced in fp32 (``reduce_dtype``): summing 8 ranks' bf16 gradients in bf16 would round away the
 small ones, which is what torchtitan's and DeepSpeed's defaults avoid. Lightning's own FSDP
-precision plugin reduces in bf16, so the strategy is given this policy explicitly.
+precision plugin reduces in bf16, so the strategy is given this policy explicitly (the one rule,
+:func:`prefalign.models.precision.sharded_mixed_precision`, shared with FSDP2 and the planner).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from prefalign.models.layers import decoder_layer_classes, decoder_layers
+from prefalign.models.precision import sharded_mixed_precision
 
 __all__ = ["decoder_layer_classes", "decoder_layers", "fsdp_strategy", "sharded_mixed_precision"]
-
-_REDUCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def sharded_mixed_precision(
-    precision: str, reduce_dtype: str = "float32"
-) -> tuple[torch.dtype, torch.dtype] | None:
-    """``(param_dtype, reduce_dtype)`` of a sharded strategy under ``trainer.precision``:
-    ``bf16-mixed`` / ``16-mixed`` compute in bf16 / fp16 over the loaded (fp32) shards and reduce
-    in ``reduce_dtype``; ``None`` for ``32-true`` and the ``*-true`` precisions (the module itself is
-    in that dtype: nothing to cast)."""
-    if reduce_dtype not in _REDUCE_DTYPES:
-        raise ValueError(
-            f"trainer.strategy.reduce_dtype must be one of {sorted(_REDUCE_DTYPES)}, got {reduce_dtype!r}"
-        )
-    if precision == "bf16-mixed":
-        return torch.bfloat16, _REDUCE_DTYPES[reduce_dtype]
-    if precision == "16-mixed":
-        return torch.float16, _REDUCE_DTYPES[reduce_dtype]
-    return None
 
 
 def fsdp_strategy(

@@ -15,7 +15,8 @@ The one way to train bf16 weights is an optimizer that does not lose the updates
 class attribute ``keeps_low_precision_updates`` the guard reads.
 
 :func:`lost_update_fraction` measures the loss on real weights; the guard and ``prefalign-plan``
-both use it.
+both use it; :func:`sharded_mixed_precision` is the one mixed-precision rule of the sharded strategies
+(:mod:`prefalign.training.strategies`, FSDP2's ``configure_model``, the planner).
 """
 
 from __future__ import annotations
@@ -231,3 +232,24 @@ def schedule_lrs(scheduler: Mapping[str, Any], lr: float, total_steps: int) -> d
         schedule.step()
         rates.append(schedule.get_last_lr()[0])
     return {"peak": max(rates), "last": rates[-1]}
+
+
+_REDUCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sharded_mixed_precision(
+    precision: str, reduce_dtype: str = "float32"
+) -> tuple[torch.dtype, torch.dtype] | None:
+    """``(param_dtype, reduce_dtype)`` of a sharded strategy under ``trainer.precision``:
+    ``bf16-mixed`` / ``16-mixed`` compute in bf16 / fp16 over the loaded (fp32) shards and reduce
+    in ``reduce_dtype``; ``None`` for ``32-true`` and the ``*-true`` precisions (the module itself is
+    in that dtype: nothing to cast)."""
+    if reduce_dtype not in _REDUCE_DTYPES:
+        raise ValueError(
+            f"trainer.strategy.reduce_dtype must be one of {sorted(_REDUCE_DTYPES)}, got {reduce_dtype!r}"
+        )
+    if precision == "bf16-mixed":
+        return torch.bfloat16, _REDUCE_DTYPES[reduce_dtype]
+    if precision == "16-mixed":
+        return torch.float16, _REDUCE_DTYPES[reduce_dtype]
+    return None
