@@ -1,6 +1,7 @@
 """What several test files share that is not a fixture (tests/ is on ``sys.path``: ``from shared
 import ...``): the environment of an app run in a child process, the trainer settings of in-process
-CPU scoring, importing a script by its path, and a tiny GGUF model file."""
+CPU scoring, importing a script by its path, a tiny GGUF model file, and a callback that stops an
+in-process run as a killed job would."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import lightning as L
 import pytest
 
 
@@ -21,6 +23,25 @@ def app_env(root, cache, *, python_path=None, **extra: str) -> dict[str, str]:
     if python_path is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(python_path), os.environ.get("PYTHONPATH", "")])
     return {**env, **extra}
+
+
+class Preempted(RuntimeError):
+    """Raised by :class:`StopAtStep`, standing for a killed job."""
+
+
+class StopAtStep(L.Callback):
+    """Stops the run at the start of the batch that would make optimiser step ``step + 1``; in a
+    callbacks config: ``{"_target_": STOP_AT_STEP, "step": k}``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise Preempted(f"stopped at step {self.step}")
+
+
+STOP_AT_STEP = f"{StopAtStep.__module__}.StopAtStep"
 
 
 # Lightning trainer keyword arguments of the scoring engine's in-process CPU runs.

@@ -9,27 +9,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import lightning as L
 import pytest
 from omegaconf import open_dict
+from shared import STOP_AT_STEP, Preempted
 
 from prefalign.training.loggers import CSVLogger
-
-
-class Preempted(RuntimeError):
-    """Raised by :class:`StopAtStep`, standing for a killed job."""
-
-
-class StopAtStep(L.Callback):
-    """Stops the run at the start of the batch that would make optimiser step ``step + 1``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise Preempted(f"stopped at step {self.step}")
-
 
 # 16 samples in batches of 4: 4 steps an epoch, 2 epochs; step.ckpt every 3 steps
 PLAN = ["data.batch_size=4", "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=3"]
@@ -50,7 +34,7 @@ def test_a_resumed_run_keeps_every_earlier_step_and_equals_the_unbroken_file(tin
     tiny_run(*PLAN, output="unbroken").train()
     killed = tiny_run(*PLAN, output="killed")
     with open_dict(killed.cfg):
-        killed.cfg.callbacks.stop = {"_target_": f"{__name__}.StopAtStep", "step": 7}
+        killed.cfg.callbacks.stop = {"_target_": STOP_AT_STEP, "step": 7}
     with pytest.raises(Preempted):
         killed.train()
     first = _rows(killed.out)

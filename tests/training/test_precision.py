@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
+from shared import STOP_AT_STEP, Preempted
 
 from prefalign.core.errors import ConfigError
 from prefalign.models.precision import (
@@ -248,24 +248,11 @@ def test_frozen_copies_take_frozen_dtype():
 # -- the paper precision, run for real on one CPU device ------------------------------------------------
 
 
-class Preempted(RuntimeError):
-    """Raised by :class:`StopAtStep`, standing for a killed job."""
-
-
-class StopAtStep(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise Preempted(f"stopped at step {self.step}")
-
-
 def _run(compose_train, output, overrides, stop_at=None):
     cfg = compose_train([*COMMON, *overrides], output=output)
     if stop_at is not None:
         with open_dict(cfg):
-            cfg.callbacks.stop = {"_target_": f"{__name__}.StopAtStep", "step": stop_at}
+            cfg.callbacks.stop = {"_target_": STOP_AT_STEP, "step": stop_at}
     run_task(train, cfg)
     return cfg
 

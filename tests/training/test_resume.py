@@ -9,30 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
+from shared import STOP_AT_STEP, Preempted
 
 from prefalign.core.errors import ConfigError
 from prefalign.training.resume import checkpoint_global_step, latest_checkpoint
 from prefalign.training.run import run_task, train
-
-
-class Preempted(RuntimeError):
-    """Raised by :class:`StopAtStep`, standing for a killed job."""
-
-
-class StopAtStep(L.Callback):
-    """Stops the run at the start of the batch that would make optimiser step ``step + 1``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise Preempted(f"stopped at step {self.step}")
-
 
 COMMON = ["trainer.max_epochs=2", "logger=csv", "callbacks.step_checkpoint.every_n_train_steps=4"]
 
@@ -45,7 +29,7 @@ def _run(compose_train, output, overrides=(), stop_at=None):
     cfg = compose_train([*COMMON, *overrides], output=output)
     if stop_at is not None:
         with open_dict(cfg):
-            cfg.callbacks.stop = {"_target_": f"{__name__}.StopAtStep", "step": stop_at}
+            cfg.callbacks.stop = {"_target_": STOP_AT_STEP, "step": stop_at}
     return cfg, run_task(train, cfg)
 
 
