@@ -236,3 +236,14 @@ def barrier() -> None:
 
     if world()[1] > 1:
         dist.barrier()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

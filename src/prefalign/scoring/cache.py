@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from prefalign.core.errors import DataError
 from prefalign.core.jsonl import naming_path
+from prefalign.core.ranks import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +139,6 @@ def table_digest(table_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class CacheLock:
     """The single-writer lock of one cache folder (``<folder>/lock``), with a heartbeat and stale-lock detection.
 
@@ -195,7 +186,7 @@ class CacheLock:
         if time.time() - holder["mtime"] > self.stale_s:
             return True
         pid = holder.get("pid")
-        return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+        return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
 
     def _break(self, holder: Mapping[str, Any]) -> None:
         aside = self.folder / f"lock.stale-{uuid.uuid4().hex[:8]}"

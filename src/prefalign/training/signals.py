@@ -51,6 +51,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from prefalign.core.ranks import pid_alive
 from prefalign.core.signals import HANDLED, Interrupted, deferring_to, raise_on_signals
 
 __all__ = ["STEP_CHECKPOINT", "Interrupted", "RanksLost", "StopOnSignal", "is_lost_peer", "raise_on_signals"]
@@ -102,19 +103,9 @@ def lost_ranks(trainer: L.Trainer) -> str:
     from prefalign.training.launch import parent_pid
 
     parent = parent_pid()
-    if trainer.global_rank > 0 and parent is not None and not _alive(parent):
+    if trainer.global_rank > 0 and parent is not None and not pid_alive(parent):
         return f"rank 0 (the parent, pid {parent}) stopped"
     return "a peer rank stopped answering (its own log or the launcher names it)"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ranks_lost_error(trainer: L.Trainer, error: BaseException) -> RanksLost:
