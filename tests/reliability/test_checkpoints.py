@@ -184,8 +184,8 @@ class KillDuringExport(L.Callback):
     def __init__(self):
         write = checkpointing.write_hf_export
 
-        def write_then_die(model, tokenizer, folder, state_dict=None):
-            write(model, tokenizer, folder, state_dict)
+        def write_then_die(*args, **kwargs):
+            write(*args, **kwargs)
             os.kill(os.getpid(), signal.SIGKILL)
 
         checkpointing.write_hf_export = write_then_die
