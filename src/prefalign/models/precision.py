@@ -32,9 +32,10 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.core.errors import ConfigError
+from prefalign.models.loading import DTYPES
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # Fraction of the first step's updates that may be lost to rounding before a plan fails. fp32
 # master weights lose none of them at any shipped learning rate (0.000%); bf16 weights lose 29%
 # at PoFT's 2e-5 and 99% at SSO's 5e-7 (the measurements in issue 29 and the plan's table). 1% sits
@@ -109,15 +110,14 @@ def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor
 
 
 def lost_updates_by_dtype(
-    named: Iterable[tuple[str, torch.Tensor]], lr: float, dtype: torch.dtype | None = None
+    parameters: Iterable[tuple[torch.Tensor, torch.dtype, int]], lr: float
 ) -> dict[str, dict[str, float]]:
-    """``{dtype name: {"parameters": n, "lost_fraction": f}}`` over the given tensors, each tensor's
-    fraction (:func:`lost_update_fraction`) weighted by its size; ``dtype``: round to that dtype
-    instead of each tensor's own (a run that casts its weights, e.g. ``trainer.precision=bf16-true``)."""
+    """``{dtype name: {"parameters": n, "lost_fraction": f}}`` over ``(values, dtype, numel)`` per
+    parameter: its values (all of them, or a sample), the dtype it trains in (its own, or the one a
+    ``*-true`` precision casts it to) and its size, which weights its fraction
+    (:func:`lost_update_fraction`, seeded by the parameter's position)."""
     totals: dict[str, list[float]] = {}
-    for i, (_, tensor) in enumerate(named):
-        target = dtype or tensor.dtype
-        numel = tensor.numel()
+    for i, (tensor, target, numel) in enumerate(parameters):
         lost = lost_update_fraction(tensor, lr, target, seed=i)
         entry = totals.setdefault(DTYPE_NAMES.get(target, str(target)), [0.0, 0.0])
         entry[0] += numel
@@ -157,8 +157,6 @@ def check_master_weights_config(cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming ``model.dtype``, ``trainer.precision``, ``optimizer.lr`` and the fix.
     """
-    from prefalign.models.loading import DTYPES
-
     dtype_name = str(OmegaConf.select(cfg, "model.dtype", default="float32"))
     precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
     loaded = DTYPES.get(dtype_name, torch.float32)
@@ -199,7 +197,7 @@ def check_master_weights(model: torch.nn.Module, cfg: DictConfig) -> None:
         return
     lr = float(OmegaConf.select(cfg, "optimizer.lr"))
     dtype = effective_trainable_dtype(precision, low[0][1].dtype)
-    lost = lost_updates_by_dtype(low, lr, dtype)[DTYPE_NAMES[dtype]]
+    lost = lost_updates_by_dtype([(p, dtype, p.numel()) for _, p in low], lr)[DTYPE_NAMES[dtype]]
     dtype_name = str(OmegaConf.select(cfg, "model.dtype", default="float32"))
     shown = ", ".join(name for name, _ in low[:3]) + (f" (+{len(low) - 3} more)" if len(low) > 3 else "")
     raise ConfigError(
@@ -234,9 +232,6 @@ def schedule_lrs(scheduler: Mapping[str, Any], lr: float, total_steps: int) -> d
     return {"peak": max(rates), "last": rates[-1]}
 
 
-_REDUCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def sharded_mixed_precision(
     precision: str, reduce_dtype: str = "float32"
 ) -> tuple[torch.dtype, torch.dtype] | None:
@@ -244,12 +239,12 @@ def sharded_mixed_precision(
     ``bf16-mixed`` / ``16-mixed`` compute in bf16 / fp16 over the loaded (fp32) shards and reduce
     in ``reduce_dtype``; ``None`` for ``32-true`` and the ``*-true`` precisions (the module itself is
     in that dtype: nothing to cast)."""
-    if reduce_dtype not in _REDUCE_DTYPES:
+    if reduce_dtype not in DTYPES:
         raise ValueError(
-            f"trainer.strategy.reduce_dtype must be one of {sorted(_REDUCE_DTYPES)}, got {reduce_dtype!r}"
+            f"trainer.strategy.reduce_dtype must be one of {sorted(DTYPES)}, got {reduce_dtype!r}"
         )
     if precision == "bf16-mixed":
-        return torch.bfloat16, _REDUCE_DTYPES[reduce_dtype]
+        return torch.bfloat16, DTYPES[reduce_dtype]
     if precision == "16-mixed":
-        return torch.float16, _REDUCE_DTYPES[reduce_dtype]
+        return torch.float16, DTYPES[reduce_dtype]
     return None

@@ -28,11 +28,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prefalign.models.precision import (
-    DTYPE_NAMES,
     MAX_LOST_FRACTION,
     SAMPLE_ELEMENTS,
     effective_trainable_dtype,
-    lost_update_fraction,
+    lost_updates_by_dtype,
     low_precision_optimizer,
     schedule_lrs,
 )
@@ -127,8 +126,8 @@ def master_weight_rounding(
     folder = _local_folder(cfg)
     values = _read_weights(folder, [n for n, _, _ in trainable]) if folder else {}
     init = None
-    by_dtype: dict[str, dict[str, float]] = {}
-    for i, (name, dtype, numel) in enumerate(trainable):
+    samples = []
+    for name, dtype, numel in trainable:
         tensor = values.get(name)
         if tensor is None:
             if init is None:
@@ -136,17 +135,17 @@ def master_weight_rounding(
             tensor = init.get(_LAYER.sub("layers.0.", name))
             if tensor is None:
                 raise KeyError(f"the planner found no initial values for parameter {name}")
-        trained = effective_trainable_dtype(precision, dtype)
-        entry = by_dtype.setdefault(
-            DTYPE_NAMES.get(trained, str(trained)),
-            {"parameters": 0, "lost_at_peak": 0.0, "lost_at_last": 0.0},
-        )
-        entry["parameters"] += numel
-        entry["lost_at_peak"] += numel * lost_update_fraction(tensor, rates["peak"], trained, seed=i)
-        entry["lost_at_last"] += numel * lost_update_fraction(tensor, rates["last"], trained, seed=i)
-    for entry in by_dtype.values():
-        entry["lost_at_peak"] = round(entry["lost_at_peak"] / entry["parameters"], 6)
-        entry["lost_at_last"] = round(entry["lost_at_last"] / entry["parameters"], 6)
+        samples.append((tensor, effective_trainable_dtype(precision, dtype), numel))
+    at_peak = lost_updates_by_dtype(samples, rates["peak"])
+    at_last = lost_updates_by_dtype(samples, rates["last"])
+    by_dtype = {
+        name: {
+            "parameters": entry["parameters"],
+            "lost_at_peak": round(entry["lost_fraction"], 6),
+            "lost_at_last": round(at_last[name]["lost_fraction"], 6),
+        }
+        for name, entry in at_peak.items()
+    }
     stochastic = low_precision_optimizer(target)
     worst = max((e["lost_at_peak"] for e in by_dtype.values()), default=0.0)
     if folder and values:
